@@ -1,0 +1,19 @@
+"""The course's grading engine.
+
+* In a notebook: ``from autograder import check`` for the learner's self-check.
+* From a shell: ``python -m autograder grade PATH... --out DIR`` (see ``python -m autograder -h``).
+
+Grading runs a submission in a separate, sandboxed kernel, collects its outputs on public and
+hidden inputs as plain arrays, and scores them in this trusted process against reference
+implementations. See DESIGN.md, "One source, three ways to grade".
+"""
+
+
+def check(exercise_id, fn):
+    """Run the public cases of an exercise on ``fn`` (see :mod:`autograder.selfcheck`)."""
+    from .selfcheck import check as _check
+
+    return _check(exercise_id, fn)
+
+
+__all__ = ["check"]

@@ -1,0 +1,113 @@
+"""What an exercise manifest says: the callable, its points, its cases and its known mistakes.
+
+A manifest (one module per notebook in ``autograder/manifests/``) is plain Python that the
+*trusted* grader reads. Four functions describe one exercise:
+
+``make_inputs(params, rng) -> dict``
+    Plain data only (NumPy arrays and numbers): the same inputs go to the learner's kernel and to
+    the reference, and survive an ``.npz`` round trip with ``allow_pickle=False``.
+``call(fn, inputs) -> dict``
+    Runs in the learner's kernel: calls the learner's ``fn`` on the inputs and returns named
+    outputs. Its source is copied into the capture cell, so it must import what it uses itself.
+``reference(inputs) -> dict``
+    Runs in the trusted process only: the expected outputs, from an external oracle where one
+    exists (``torch.nn.functional.scaled_dot_product_attention``, ``torch.nn.MultiheadAttention``).
+``Detector.produce(inputs) -> dict``
+    A known wrong answer (unscaled attention, an inverted mask, ...). If the learner's output
+    matches it, the feedback names the mistake instead of saying only "wrong".
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+Inputs = dict[str, Any]
+Outputs = dict[str, Any]
+
+# Public cases use a fixed seed so a learner's self-check and the grader see the same inputs.
+# Hidden cases are drawn from AUTOGRADER_SECRET: the course repository is public, so an
+# instructor who sets a secret of their own gets hidden inputs no student has seen.
+PUBLIC_SEED = "public"
+DEFAULT_SECRET = "llm-course-default-secret"
+
+
+def hidden_secret() -> str:
+    return os.environ.get("AUTOGRADER_SECRET") or DEFAULT_SECRET
+
+
+@dataclass(frozen=True)
+class Case:
+    """One call of the learner's code: ``params`` go to ``make_inputs``; hidden cases are never shown."""
+
+    name: str
+    params: dict = field(default_factory=dict)
+    hidden: bool = False
+
+
+@dataclass(frozen=True)
+class Detector:
+    """A known mistake: ``produce(inputs)`` gives its output, ``hint`` tells the learner what to fix."""
+
+    name: str
+    produce: Callable[[Inputs], Outputs]
+    hint: str
+
+
+@dataclass(frozen=True)
+class Exercise:
+    id: str                 # "attention.sdpa": notebook topic, then exercise
+    callable: str           # the name the learner defines: "scaled_dot_product_attention"
+    points: float
+    make_inputs: Callable[[dict, np.random.Generator], Inputs]
+    call: Callable[[Callable, Inputs], Outputs]
+    reference: Callable[[Inputs], Outputs]
+    cases: tuple[Case, ...]
+    detectors: tuple[Detector, ...] = ()
+    atol: float = 1e-5
+    rtol: float = 1e-4
+    summary: str = ""       # one line for feedback: what the exercise asks for
+
+    def __post_init__(self):
+        names = [case.name for case in self.cases]
+        if len(set(names)) != len(names):
+            raise ValueError(f"{self.id}: duplicate case names {names}")
+        if not any(not case.hidden for case in self.cases):
+            raise ValueError(f"{self.id}: needs at least one public case for the self-check")
+
+    def public_cases(self) -> list[Case]:
+        return [case for case in self.cases if not case.hidden]
+
+    def inputs(self, case: Case) -> Inputs:
+        """The seeded inputs of one case (deterministic; hidden ones depend on the secret)."""
+        seed_text = f"{hidden_secret() if case.hidden else PUBLIC_SEED}/{self.id}/{case.name}"
+        seed = int.from_bytes(hashlib.sha256(seed_text.encode()).digest()[:8], "little")
+        return self.make_inputs(dict(case.params), np.random.default_rng(seed))
+
+
+@dataclass(frozen=True)
+class Assignment:
+    """The graded exercises of one notebook, e.g. ``01_attention``."""
+
+    notebook: str
+    title: str
+    exercises: tuple[Exercise, ...]
+
+    def __post_init__(self):
+        ids = [ex.id for ex in self.exercises]
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"{self.notebook}: duplicate exercise ids {ids}")
+
+    @property
+    def max_score(self) -> float:
+        return float(sum(ex.points for ex in self.exercises))
+
+    def exercise(self, exercise_id: str) -> Exercise:
+        for ex in self.exercises:
+            if ex.id == exercise_id:
+                return ex
+        known = ", ".join(ex.id for ex in self.exercises)
+        raise KeyError(f"no exercise {exercise_id!r} in {self.notebook} (known: {known})")
