@@ -7,6 +7,12 @@ Grading runs a submission in a separate, sandboxed kernel, collects its outputs 
 hidden inputs as plain arrays, and scores them in this trusted process against reference
 implementations. See DESIGN.md, "One source, three ways to grade".
 """
+import sys as _sys
+
+# jsonschema (imported by nbformat, papermill and nbgrader) builds a grammar for the optional
+# `rfc3987_syntax` format checker at import time: ~2 s per process, for a format notebooks never
+# use. Marking it absent makes jsonschema skip that one checker (it guards the import).
+_sys.modules.setdefault("rfc3987_syntax", None)
 
 
 def check(exercise_id, fn):

@@ -157,12 +157,15 @@ def sandbox_env(workdir: Path) -> dict[str, str]:
 
 
 def cell_errors(nb: nbformat.NotebookNode) -> list[dict]:
-    """``[{"cell": n, "error": "NameError: ..."}]`` for each code cell that raised (1-based)."""
+    """``[{"cell": n, "error": "NameError: ..."}]`` for each code cell that raised.
+
+    ``n`` counts the learner's code cells from 1, as they see them in Jupyter.
+    """
     found = []
     number = 0
     for cell in nb.cells:
-        if cell.cell_type != "code":
-            continue
+        if cell.cell_type != "code" or "injected-parameters" in cell.metadata.get("tags", []):
+            continue  # papermill's injected FAST/SEED cell is not the learner's
         number += 1
         for output in cell.get("outputs", []):
             if output.get("output_type") == "error":

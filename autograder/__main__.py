@@ -1,0 +1,137 @@
+"""Command line of the grader.
+
+    python -m autograder grade PATH... --out DIR     grade submissions, one JSON record each
+    python -m autograder course [NAME...]            run and grade every solution and student notebook
+    python -m autograder release [--check]           build notebooks/ from solutions/ (nbgrader)
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from . import manifests
+from .grade import grade_notebook, write_record
+from .report import MARK, SUMMARY_HEADERS, html_page, markdown_table, summary_rows, table
+from .runner import Limits
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _limits(args) -> Limits:
+    return Limits(cell_timeout=args.cell_timeout, total_timeout=args.timeout)
+
+
+def cmd_grade(args) -> int:
+    records = []
+    for raw in args.paths:
+        path = Path(raw)
+        record = grade_notebook(path, assignment=args.assignment, limits=_limits(args))
+        target = write_record(record, Path(args.out))
+        records.append(record)
+        print(f"{MARK['passed'] if record['status'] == 'graded' else MARK['error']} {path}: {record['status']}, "
+              f"{record['score']:g}/{record['max_score']:g} in {record['seconds']:.1f} s -> {target}", flush=True)
+        for exercise in record["exercises"]:
+            print(f"    {MARK.get(exercise['status'], '?')} {exercise['id']:<28} {exercise['score']:>5g}/{exercise['max_score']:<3g} "
+                  f"{exercise['message'][:160]}")
+        if record.get("message"):
+            print(f"    note: {record['message'][:300]}")
+    print()
+    print(table(SUMMARY_HEADERS, summary_rows(records)))
+    return 0  # grading completed: the scores are in the records, not in the exit status
+
+
+def cmd_course(args) -> int:
+    names = args.names or sorted(manifests.ASSIGNMENTS)
+    build = Path(args.build)
+    rows, problems = [], []
+    start = time.perf_counter()
+    print(f"Executing and grading {len(names)} notebook(s) with FAST=True ...", flush=True)
+    for name in names:
+        solution = grade_notebook(ROOT / "solutions" / f"{name}.ipynb", assignment=name, limits=_limits(args),
+                                  keep_executed=build / "executed" / f"{name}.ipynb")
+        write_record(solution, build / "grades" / "solutions")
+        student = grade_notebook(ROOT / "notebooks" / f"{name}.ipynb", assignment=name, limits=_limits(args))
+        write_record(student, build / "grades" / "release")
+        row = [name, f"{solution['score']:g}/{solution['max_score']:g}", f"{student['score']:g}/{student['max_score']:g}",
+               f"{solution['seconds']:.1f}", f"{student['seconds']:.1f}"]
+        rows.append(row)
+        print("  " + "  ".join(row), flush=True)
+        if solution["status"] != "graded" or solution["score"] != solution["max_score"]:
+            problems.append(f"{name}: the solution scored {solution['score']:g}/{solution['max_score']:g} "
+                            f"({solution['status']}) {solution.get('message', '')}")
+            problems += [f"    {e['id']}: {e['message']}" for e in solution["exercises"] if e["status"] != "passed"]
+        if student["status"] != "graded" or student["score"] != 0:
+            problems.append(f"{name}: the student release scored {student['score']:g} ({student['status']}); expected 0")
+    total = time.perf_counter() - start
+    headers = ["notebook", "solution score", "release score", "solution s", "release s"]
+    print()
+    print(table(headers, rows))
+    print(f"\ntotal: {total:.1f} s")
+    build.mkdir(parents=True, exist_ok=True)
+    (build / "report.md").write_text(
+        "# Course report\n\n" + markdown_table(headers, rows) + f"\n\nTotal: {total:.1f} s\n"
+        + ("\n## Problems\n\n" + "\n".join(f"- {p}" for p in problems) + "\n" if problems else ""),
+        encoding="utf-8")
+    blocks = [("h1", "Course report"), ("table", (headers, rows)), ("p", f"Total: {total:.1f} s")]
+    blocks += [("p", p) for p in problems]
+    (build / "report.html").write_text(html_page("Course report", blocks), encoding="utf-8")
+    print(f"wrote {build / 'report.md'} and {build / 'report.html'}")
+    for problem in problems:
+        print("PROBLEM:", problem)
+    return 1 if problems else 0
+
+
+def cmd_release(args) -> int:
+    from .release import generate, leaks, release
+
+    if not args.check:
+        for path in release():
+            print(f"wrote {path.relative_to(ROOT)}")
+        return 0
+    stale = []
+    for name, text in generate().items():
+        path = ROOT / "notebooks" / name
+        if not path.exists() or path.read_text(encoding="utf-8") != text:
+            stale.append(name)
+        if leaks(path.read_text(encoding="utf-8")) if path.exists() else False:
+            stale.append(f"{name} (contains solution markers)")
+    if stale:
+        print("notebooks/ is out of date with solutions/: " + ", ".join(stale) + ". Run `make release`.")
+        return 1
+    print("notebooks/ matches a fresh release of solutions/")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m autograder", description="Grade the course's notebooks.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add_limits(p):
+        p.add_argument("--timeout", type=int, default=900, help="seconds for a whole notebook (default 900)")
+        p.add_argument("--cell-timeout", type=int, default=300, help="seconds for one cell (default 300)")
+
+    grade = sub.add_parser("grade", help="grade submissions; writes DIR/<stem>.json for each")
+    grade.add_argument("paths", nargs="+", metavar="PATH")
+    grade.add_argument("--out", required=True, metavar="DIR")
+    grade.add_argument("--assignment", help="which notebook they answer (default: from the file name)")
+    add_limits(grade)
+    grade.set_defaults(func=cmd_grade)
+
+    course = sub.add_parser("course", help="execute and grade every solution and student notebook")
+    course.add_argument("names", nargs="*", help="notebooks (default: all)")
+    course.add_argument("--build", default=str(ROOT / "build"))
+    add_limits(course)
+    course.set_defaults(func=cmd_course)
+
+    rel = sub.add_parser("release", help="build notebooks/ from solutions/ with nbgrader")
+    rel.add_argument("--check", action="store_true", help="only check that notebooks/ is up to date")
+    rel.set_defaults(func=cmd_release)
+
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,68 @@
+"""Shared fixtures: the repository's paths, notebook variants, and a network guard."""
+from __future__ import annotations
+
+import ipaddress
+import json
+import socket
+from pathlib import Path
+
+import nbformat
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SOLUTIONS = ROOT / "solutions"
+RELEASE = ROOT / "notebooks"
+
+
+def _is_local(host) -> bool:
+    if host in (None, "", "localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(str(host).split("%")[0]).is_loopback
+    except ValueError:
+        return False
+
+
+@pytest.fixture(autouse=True)
+def no_network(monkeypatch):
+    """Every test runs offline: a connection to anything but loopback fails the test loudly."""
+    real_connect = socket.socket.connect
+
+    def guarded(self, address):
+        if isinstance(address, tuple) and not _is_local(address[0]):
+            raise AssertionError(f"a test tried to reach the network: {address}")
+        return real_connect(self, address)
+
+    monkeypatch.setattr(socket.socket, "connect", guarded)
+    yield
+
+
+def cell_by_grade_id(nb, grade_id):
+    for cell in nb.cells:
+        if cell.metadata.get("nbgrader", {}).get("grade_id") == grade_id:
+            return cell
+    raise KeyError(grade_id)
+
+
+def make_variant(tmp_path: Path, name: str, replace: dict[str, str] | None = None,
+                 insert_after: dict[str, str] | None = None, source: Path | None = None) -> Path:
+    """A copy of a solution notebook with some solution cells' code replaced (by grade_id), or
+    extra code cells inserted after them, saved as ``tmp_path/<name>.ipynb``."""
+    nb = nbformat.read(source or SOLUTIONS / f"{name.split('__')[0]}.ipynb", as_version=4)
+    for grade_id, code in (replace or {}).items():
+        cell_by_grade_id(nb, grade_id).source = code
+    for grade_id, code in (insert_after or {}).items():
+        index = nb.cells.index(cell_by_grade_id(nb, grade_id))
+        nb.cells.insert(index + 1, nbformat.v4.new_code_cell(code))
+    path = tmp_path / f"{name}.ipynb"
+    nbformat.write(nb, path)
+    return path
+
+
+def tiny_notebook(tmp_path: Path, name: str, *sources: str) -> Path:
+    """A small notebook (no torch, no model) to test how the grader handles a hostile kernel."""
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(s) for s in sources])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    path = tmp_path / f"{name}.ipynb"
+    path.write_text(json.dumps(nb), encoding="utf-8")
+    return path

@@ -1,0 +1,106 @@
+"""Notebooks run for real: papermill in the sandboxed kernel, graded by the trusted process.
+
+Each graded run starts a kernel (~2 s) and most load SmolLM2 (~5 s), so this file keeps their
+number small: one run per solution, one per student release, and two deliberately wrong
+submissions of notebook 01.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from autograder import manifests
+from autograder.grade import grade_notebook
+
+from conftest import RELEASE, ROOT, SOLUTIONS, make_variant
+
+NAMES = sorted(manifests.ASSIGNMENTS)
+
+
+@pytest.fixture(scope="session")
+def executed(tmp_path_factory):
+    """Grade every solution once (keeping the executed notebook) and every release once."""
+    out = tmp_path_factory.mktemp("executed")
+    results = {}
+    for name in NAMES:
+        results[("solution", name)] = grade_notebook(SOLUTIONS / f"{name}.ipynb", keep_executed=out / f"{name}.ipynb")
+        results[("release", name)] = grade_notebook(RELEASE / f"{name}.ipynb")
+    return results
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_solution_runs_clean_and_scores_full_marks(executed, name):
+    record = executed[("solution", name)]
+    assert record["status"] == "graded", record["message"]
+    assert "cell_errors" not in record, record["cell_errors"]
+    assert record["score"] == record["max_score"] == manifests.assignment(name).max_score
+    assert all(e["status"] == "passed" for e in record["exercises"]), record["exercises"]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_student_release_scores_zero_with_a_message_per_exercise(executed, name):
+    record = executed[("release", name)]
+    assert record["status"] == "graded", record["message"]
+    assert record["score"] == 0
+    ids = [e["id"] for e in record["exercises"]]
+    assert ids == [ex.id for ex in manifests.assignment(name).exercises]
+    for exercise in record["exercises"]:
+        assert exercise["status"] == "missing" and "NotImplementedError" in exercise["message"], exercise
+
+
+UNSCALED_SDPA = '''
+def scaled_dot_product_attention(q, k, v, mask=None):
+    scores = q @ k.transpose(-2, -1)                      # forgot the 1/sqrt(d)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    weights = torch.softmax(scores, dim=-1)
+    return weights @ v, weights
+'''
+
+
+def test_unscaled_attention_is_named_in_the_feedback(tmp_path):
+    record = grade_notebook(make_variant(tmp_path, "01_attention__unscaled", {"sdpa": UNSCALED_SDPA}))
+    by_id = {e["id"]: e for e in record["exercises"]}
+    assert record["status"] == "graded"
+    assert by_id["attention.sdpa"]["score"] == 0 and "sqrt(d)" in by_id["attention.sdpa"]["message"]
+    # MultiHeadAttention reuses the unscaled function: its own hint names the per-head scale.
+    assert by_id["attention.mha"]["score"] == 0 and "d_head" in by_id["attention.mha"]["message"]
+    assert by_id["attention.causal_mask"]["status"] == by_id["attention.padding_mask"]["status"] == "passed"
+    assert record["score"] == 3
+
+
+def test_partial_work_keeps_its_credit_after_a_failing_cell(tmp_path):
+    """Exercises 1 and 2 done, a cell that raises in between, 3 and 4 left as released."""
+    student = {"padding_mask": "def padding_mask(lengths, T):\n    raise NotImplementedError()",
+               "mha": (RELEASE / "01_attention.ipynb").read_text()}  # placeholder, replaced below
+    released = json.loads(student["mha"])
+    mha_stub = next(c for c in released["cells"] if c["metadata"].get("nbgrader", {}).get("grade_id") == "mha")
+    student["mha"] = "".join(mha_stub["source"])
+    path = make_variant(tmp_path, "01_attention__partial", student,
+                        insert_after={"check_causal_mask": "undefined_variable + 1  # a learner's broken cell"})
+    record = grade_notebook(path)
+    by_id = {e["id"]: e for e in record["exercises"]}
+    assert record["status"] == "graded"
+    assert by_id["attention.sdpa"]["status"] == by_id["attention.causal_mask"]["status"] == "passed"
+    assert by_id["attention.padding_mask"]["status"] == by_id["attention.mha"]["status"] == "missing"
+    assert record["score"] == 4
+    assert any("NameError" in e["error"] for e in record["cell_errors"])
+
+
+def test_cli_grades_a_batch_with_broken_files_and_exits_zero(tmp_path):
+    broken = tmp_path / "01_attention.ipynb"
+    broken.write_text('{"cells": [', encoding="utf-8")
+    old = tmp_path / "00_setup.ipynb"
+    old.write_text(json.dumps({"nbformat": 3, "nbformat_minor": 0, "metadata": {}, "worksheets": []}))
+    out = tmp_path / "grades"
+    result = subprocess.run([sys.executable, "-m", "autograder", "grade", str(broken), str(old), "--out", str(out)],
+                            cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    records = {p.stem: json.loads(p.read_text()) for p in out.glob("*.json")}
+    assert records["01_attention"]["status"] == records["00_setup"]["status"] == "invalid"
+    assert "version 3" in records["00_setup"]["message"]
+    assert set(records["01_attention"]) >= {"notebook", "submission", "status", "score", "max_score", "seconds", "exercises"}
+    assert "invalid" in result.stdout
