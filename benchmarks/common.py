@@ -1,0 +1,38 @@
+"""Helpers shared by benchmarks: timing, and the solution notebooks' code as a namespace."""
+from __future__ import annotations
+
+import statistics
+import time
+from pathlib import Path
+from typing import Callable
+
+import nbformat
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def median_seconds(fn: Callable[[], object], repeats: int = 20, warmup: int = 3) -> float:
+    """Median wall time of ``fn()`` over ``repeats`` calls, after ``warmup`` calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def solution_namespace(notebook: str) -> dict:
+    """Execute a solution notebook's parameters, imports and solution cells (nothing else).
+
+    This is "your" implementation for a benchmark: the code a learner writes, taken from the
+    solution notebook itself rather than from a second copy.
+    """
+    nb = nbformat.read(ROOT / "solutions" / f"{notebook}.ipynb", as_version=4)
+    code = [cell for cell in nb.cells if cell.cell_type == "code"]
+    chosen = code[:2] + [c for c in code[2:] if c.metadata.get("nbgrader", {}).get("solution")]
+    namespace: dict = {"FAST": True}
+    for cell in chosen:
+        exec(compile(cell.source, f"{notebook}:{cell.get('id', '?')}", "exec"), namespace)
+    return namespace
