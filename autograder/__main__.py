@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+import textwrap
 import time
 from pathlib import Path
 
 from . import manifests
 from .grade import grade_notebook, write_record
-from .report import MARK, SUMMARY_HEADERS, html_page, markdown_table, summary_rows, table
+from .report import MARK, SUMMARY_HEADERS, html_page, markdown_table, points, summary_rows, table
 from .runner import Limits
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -30,13 +31,14 @@ def cmd_grade(args) -> int:
         record = grade_notebook(path, assignment=args.assignment, limits=_limits(args))
         target = write_record(record, Path(args.out))
         records.append(record)
-        print(f"{MARK['passed'] if record['status'] == 'graded' else MARK['error']} {path}: {record['status']}, "
-              f"{record['score']:g}/{record['max_score']:g} in {record['seconds']:.1f} s -> {target}", flush=True)
+        print(f"{path}: {record['status']}, {points(record['score'])}/{points(record['max_score'])} "
+              f"in {record['seconds']:.1f} s -> {target}", flush=True)
         for exercise in record["exercises"]:
-            print(f"    {MARK.get(exercise['status'], '?')} {exercise['id']:<28} {exercise['score']:>5g}/{exercise['max_score']:<3g} "
-                  f"{exercise['message'][:160]}")
+            score = f"{points(exercise['score'])}/{points(exercise['max_score'])}"
+            print(f"  {MARK.get(exercise['status'], '?')} {exercise['id']:<26} {score:>7}  {exercise['status']}")
+            print(textwrap.fill(exercise["message"], width=100, initial_indent=" " * 6, subsequent_indent=" " * 6))
         if record.get("message"):
-            print(f"    note: {record['message'][:300]}")
+            print(textwrap.fill("note: " + record["message"], width=100, initial_indent="  ", subsequent_indent="  "))
     print()
     print(table(SUMMARY_HEADERS, summary_rows(records)))
     return 0  # grading completed: the scores are in the records, not in the exit status
@@ -54,16 +56,16 @@ def cmd_course(args) -> int:
         write_record(solution, build / "grades" / "solutions")
         student = grade_notebook(ROOT / "notebooks" / f"{name}.ipynb", assignment=name, limits=_limits(args))
         write_record(student, build / "grades" / "release")
-        row = [name, f"{solution['score']:g}/{solution['max_score']:g}", f"{student['score']:g}/{student['max_score']:g}",
+        row = [name, f"{points(solution['score'])}/{points(solution['max_score'])}", f"{points(student['score'])}/{points(student['max_score'])}",
                f"{solution['seconds']:.1f}", f"{student['seconds']:.1f}"]
         rows.append(row)
         print("  " + "  ".join(row), flush=True)
         if solution["status"] != "graded" or solution["score"] != solution["max_score"]:
-            problems.append(f"{name}: the solution scored {solution['score']:g}/{solution['max_score']:g} "
+            problems.append(f"{name}: the solution scored {points(solution['score'])}/{points(solution['max_score'])} "
                             f"({solution['status']}) {solution.get('message', '')}")
             problems += [f"    {e['id']}: {e['message']}" for e in solution["exercises"] if e["status"] != "passed"]
         if student["status"] != "graded" or student["score"] != 0:
-            problems.append(f"{name}: the student release scored {student['score']:g} ({student['status']}); expected 0")
+            problems.append(f"{name}: the student release scored {points(student['score'])} ({student['status']}); expected 0")
     total = time.perf_counter() - start
     headers = ["notebook", "solution score", "release score", "solution s", "release s"]
     print()

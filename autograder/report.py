@@ -7,6 +7,11 @@ from typing import Sequence
 MARK = {"passed": "✓", "failed": "✗", "error": "!", "missing": "·"}
 
 
+def points(value: float) -> str:
+    """A score for people: at most two decimals, no trailing zeros (``1.2857`` -> ``'1.29'``)."""
+    return f"{round(float(value), 2):g}"
+
+
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     """A fixed-width text table.
 
@@ -47,7 +52,7 @@ def html_page(title: str, body_markdownish: list[tuple[str, object]]) -> str:
 
 
 def summary_rows(records: list[dict]) -> list[list[object]]:
-    return [[r["notebook"], r["submission"], r["status"], f"{r['score']:g}/{r['max_score']:g}", f"{r['seconds']:.1f}"]
+    return [[r["notebook"], r["submission"], r["status"], f"{points(r['score'])}/{points(r['max_score'])}", f"{r['seconds']:.1f}"]
             for r in records]
 
 
@@ -56,11 +61,11 @@ SUMMARY_HEADERS = ["notebook", "submission", "status", "score", "seconds"]
 
 def feedback_markdown(record: dict) -> str:
     """Feedback for one submission: per exercise, its score and the message (no hidden inputs)."""
-    lines = [f"# {record['notebook']}: {record['score']:g} / {record['max_score']:g}", "",
+    lines = [f"# {record['notebook']}: {points(record['score'])} / {points(record['max_score'])}", "",
              f"Status: **{record['status']}** ({record['seconds']:.1f} s)"]
     if record.get("message"):
         lines += ["", record["message"]]
-    rows = [[f"{MARK.get(e['status'], '?')} {e['id']}", e["status"], f"{e['score']:g}/{e['max_score']:g}", e["message"]]
+    rows = [[f"{MARK.get(e['status'], '?')} {e['id']}", e["status"], f"{points(e['score'])}/{points(e['max_score'])}", e["message"]]
             for e in record["exercises"]]
     if rows:
         lines += ["", markdown_table(["exercise", "status", "score", "feedback"], rows)]

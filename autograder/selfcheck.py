@@ -27,6 +27,9 @@ def check(exercise_id: str, fn) -> None:
     for case in cases:
         inputs = exercise.inputs(case)
         outputs, report = run_case(fn, exercise.call, inputs)
+        if report["status"] == "not_implemented":
+            print(f"  · not implemented yet: replace `raise NotImplementedError()` in {exercise.callable} with your code")
+            raise SelfCheckFailed(f"{exercise_id}: {exercise.callable} is not implemented yet")
         if report["status"] != "ok":
             failures += 1
             print(f"  ✗ {case.name}: {report['message']}")

@@ -23,6 +23,21 @@ def _numpy(x) -> np.ndarray:
     return np.asarray(x)
 
 
+def heatmap(matrix, xlabels: Sequence[str], ylabels: Sequence[str], title: str, xlabel: str = "",
+            ylabel: str = "", colorbar: str = "", ax=None, vmin: float | None = None, vmax: float | None = None):
+    """A labelled matrix: one row per ``ylabels`` entry, one column per ``xlabels`` entry."""
+    matrix = _numpy(matrix)
+    ax = _axes(ax, figsize=(0.45 * len(xlabels) + 2.5, 0.45 * len(ylabels) + 1.5))
+    image = ax.imshow(matrix, cmap="viridis", vmin=vmin, vmax=vmax)
+    ax.set_xticks(range(len(xlabels)), [repr(t)[1:-1] for t in xlabels], rotation=90, fontsize=8)
+    ax.set_yticks(range(len(ylabels)), [repr(t)[1:-1] for t in ylabels], fontsize=8)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.figure.colorbar(image, ax=ax, shrink=0.8, label=colorbar)
+    return ax
+
+
 def attention_heatmap(weights, tokens: Sequence[str], title: str = "Attention weights", ax=None,
                       query_tokens: Sequence[str] | None = None):
     """Heatmap of one attention matrix: row i = how query token i spreads its attention.
@@ -30,16 +45,9 @@ def attention_heatmap(weights, tokens: Sequence[str], title: str = "Attention we
     ``weights`` is ``(T_q, T_k)``; rows sum to 1. Token labels go on both axes.
     """
     weights = _numpy(weights)
-    query_tokens = list(query_tokens) if query_tokens is not None else list(tokens)
-    ax = _axes(ax, figsize=(0.45 * len(tokens) + 2, 0.45 * len(query_tokens) + 1.5))
-    image = ax.imshow(weights, cmap="viridis", vmin=0.0, vmax=max(float(weights.max()), 1e-9))
-    ax.set_xticks(range(len(tokens)), [repr(t)[1:-1] for t in tokens], rotation=90, fontsize=8)
-    ax.set_yticks(range(len(query_tokens)), [repr(t)[1:-1] for t in query_tokens], fontsize=8)
-    ax.set_xlabel("key (attended to)")
-    ax.set_ylabel("query (attending)")
-    ax.set_title(title)
-    ax.figure.colorbar(image, ax=ax, shrink=0.8, label="weight")
-    return ax
+    return heatmap(weights, list(tokens), list(query_tokens) if query_tokens is not None else list(tokens), title,
+                   xlabel="key (attended to)", ylabel="query (attending)", colorbar="weight", ax=ax,
+                   vmin=0.0, vmax=max(float(weights.max()), 1e-9))
 
 
 def attention_grid(weights, tokens: Sequence[str], titles: Sequence[str], ncols: int = 4,

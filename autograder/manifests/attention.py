@@ -145,7 +145,8 @@ CAUSAL = Exercise(
     make_inputs=causal_inputs,
     call=call_causal,
     reference=causal_reference,
-    cases=(Case("T=1", {"T": 1}), Case("T=5", {"T": 5}), Case("T=33", {"T": 33}, hidden=True)),
+    cases=(Case("T=2", {"T": 2}), Case("T=5", {"T": 5}), Case("T=7", {"T": 7}, hidden=True),
+           Case("T=33", {"T": 33}, hidden=True)),
     detectors=(
         Detector("upper triangle", lambda inputs: {"mask": _causal(int(inputs["T"]), int(inputs["T"])).T},
                  "this is the upper triangle: query i may see keys 0..i, so True must be on and BELOW the diagonal"),
