@@ -110,8 +110,13 @@ def grade_notebook(path: str | Path, assignment: str | None = None, limits: Limi
         return _record(spec.notebook, path, "invalid", time.perf_counter() - start, message,
                        _zero(spec, "missing", "not graded: " + message), spec.max_score)
 
-    execution = run(nb, spec, limits, parameters=FAST_PARAMETERS if parameters is None else parameters,
-                    keep_executed=keep_executed)
+    try:
+        execution = run(nb, spec, limits, parameters=FAST_PARAMETERS if parameters is None else parameters,
+                        keep_executed=keep_executed)
+    except Exception as exc:  # noqa: BLE001 - the grader's own failure must not end a batch either
+        message = f"the grader could not run this submission ({type(exc).__name__}: {exc}); tell the instructor"
+        return _record(spec.notebook, path, "crashed", time.perf_counter() - start, message,
+                       _zero(spec, "error", "not graded: " + message), spec.max_score)
     errors = cell_errors(execution.notebook) if execution.notebook is not None else []
     seconds = time.perf_counter() - start
     if execution.status != "completed":

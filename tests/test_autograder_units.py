@@ -227,3 +227,18 @@ def test_unknown_notebook_name_is_invalid(tmp_path):
         identify(path)
     assert grade_notebook(path)["status"] == "invalid"
     assert identify(path, "01_attention").notebook == "01_attention"
+
+
+def test_a_grader_failure_is_a_record_not_a_crash(tmp_path, monkeypatch):
+    import autograder.grade as grade_module
+
+    def broken_run(*args, **kwargs):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(grade_module, "run", broken_run)
+    path = tmp_path / "01_attention.ipynb"
+    path.write_text(json.dumps({"nbformat": 4, "nbformat_minor": 5, "metadata": {},
+                                "cells": [{"cell_type": "code", "source": "x = 1", "metadata": {},
+                                           "outputs": [], "execution_count": None, "id": "a"}]}))
+    record = grade_notebook(path)
+    assert record["status"] == "crashed" and "No space left" in record["message"]
