@@ -33,38 +33,12 @@ from pathlib import Path
 import nbformat
 import numpy as np
 
-from . import harness
+from . import harness, netguard
 from .execute import KERNEL_DIED
 from .spec import Assignment
 
 GIB = 1024 ** 3
 
-NETWORK_GUARD = '''\
-# Installed by the course's grader: no network from a graded kernel.
-import ipaddress as _ipaddress
-import sys as _sys
-
-
-def _course_is_local(host):
-    if host in (None, "", "localhost"):
-        return True
-    try:
-        return _ipaddress.ip_address(str(host).split("%")[0]).is_loopback
-    except ValueError:
-        return False
-
-
-def _course_network_guard(event, args):
-    if event == "socket.connect":
-        address = args[1]
-        if isinstance(address, tuple) and address and not _course_is_local(address[0]):
-            raise PermissionError(f"network access is disabled while grading (connect to {address[0]})")
-    elif event == "socket.getaddrinfo" and not _course_is_local(args[0]):
-        raise PermissionError(f"network access is disabled while grading (look-up of {args[0]})")
-
-
-_sys.addaudithook(_course_network_guard)
-'''
 
 
 @dataclass
@@ -135,7 +109,8 @@ def sandbox_env(workdir: Path) -> dict[str, str]:
     ipython_dir = workdir / ".ipython"
     startup = ipython_dir / "profile_default" / "startup"
     startup.mkdir(parents=True, exist_ok=True)
-    (startup / "00-no-network.py").write_text(NETWORK_GUARD, encoding="utf-8")
+    guard = inspect.getsource(netguard) + "\ninstall()\n"
+    (startup / "00-no-network.py").write_text(guard, encoding="utf-8")
     bin_dir = str(Path(sys.executable).parent)
     return {
         "PATH": f"{bin_dir}:/usr/local/bin:/usr/bin:/bin",

@@ -107,3 +107,12 @@ def test_environment_report_lists_versions_and_assets(capsys):
     assert report["torch"].startswith("2.13.0")
     assert all(report[k] == "ready" for k in report if k.startswith("asset:"))
     assert "asset: SmolLM2-135M-Instruct" in capsys.readouterr().out
+
+
+def test_the_test_suite_itself_is_offline():
+    import socket
+
+    with pytest.raises(PermissionError, match="network access is disabled"):
+        socket.create_connection(("93.184.216.34", 80), timeout=2)
+    with pytest.raises(PermissionError):
+        socket.getaddrinfo("huggingface.co", 443)
