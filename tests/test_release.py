@@ -70,3 +70,20 @@ def test_committed_notebooks_have_no_outputs(path):
     nb = json.loads(path.read_text(encoding="utf-8"))
     for cell in nb["cells"]:
         assert not cell.get("outputs") and not cell.get("execution_count"), f"{path.relative_to(ROOT)} has outputs"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_docstring_examples_of_the_solutions_are_true(name):
+    """Each exercise's docstring has a tiny worked example; with the solution it must hold."""
+    import doctest
+
+    from benchmarks.common import solution_namespace
+
+    namespace = solution_namespace(name)
+    for exercise in manifests.assignment(name).exercises:
+        obj = namespace[exercise.callable]
+        assert obj.__doc__ and ">>>" in obj.__doc__, f"{exercise.callable} needs a worked example"
+        runner = doctest.DocTestRunner(optionflags=doctest.NORMALIZE_WHITESPACE)
+        for test in doctest.DocTestFinder(recurse=False).find(obj, exercise.callable, globs=dict(namespace)):
+            runner.run(test)
+        assert runner.failures == 0, f"the example in {exercise.callable}'s docstring is wrong"
