@@ -40,7 +40,6 @@ from .spec import Assignment
 GIB = 1024 ** 3
 
 
-
 @dataclass
 class Limits:
     cell_timeout: int = 300          # seconds per cell before it is interrupted
@@ -59,8 +58,12 @@ class Execution:
     notebook: nbformat.NotebookNode | None = None
 
 
-def capture_cell_source(assignment: Assignment, inputs_path: str, out_prefix: str) -> str:
-    """The cell appended to a submission: the harness source plus each exercise's ``call``."""
+def capture_cell_source(assignment: Assignment, keys: dict[str, dict[str, list[str]]], inputs_path: str,
+                        out_prefix: str) -> str:
+    """The cell appended to a submission: the harness source plus each exercise's ``call``.
+
+    ``keys[exercise id][case name]`` lists the input arrays of that case (see :func:`write_inputs`).
+    """
     spec = []
     for ex in assignment.exercises:
         spec.append({
@@ -68,7 +71,7 @@ def capture_cell_source(assignment: Assignment, inputs_path: str, out_prefix: st
             "callable": ex.callable,
             "call_source": textwrap.dedent(inspect.getsource(ex.call)),
             "call_name": ex.call.__name__,
-            "cases": {case.name: sorted(ex.inputs(case)) for case in ex.cases},
+            "cases": keys[ex.id],
         })
     return (
         "# Appended by the grader: calls your functions on the grading cases.\n"
@@ -80,13 +83,17 @@ def capture_cell_source(assignment: Assignment, inputs_path: str, out_prefix: st
     )
 
 
-def write_inputs(assignment: Assignment, path: Path) -> None:
-    arrays = {}
+def write_inputs(assignment: Assignment, path: Path) -> dict[str, dict[str, list[str]]]:
+    """Save every case's inputs as ``<exercise>/<case>/<name>`` arrays; return the names per case."""
+    arrays, keys = {}, {}
     for ex in assignment.exercises:
+        keys[ex.id] = {}
         for case in ex.cases:
-            for key, value in ex.inputs(case).items():
-                arrays[f"{ex.id}/{case.name}/{key}"] = np.asarray(value)
+            inputs = ex.inputs(case)
+            keys[ex.id][case.name] = sorted(inputs)
+            arrays.update({f"{ex.id}/{case.name}/{key}": np.asarray(value) for key, value in inputs.items()})
     np.savez(path, **arrays)
+    return keys
 
 
 def _limit(limits: Limits):
@@ -159,10 +166,10 @@ def run(nb: nbformat.NotebookNode, assignment: Assignment, limits: Limits, param
         grader_dir = workdir / "grader"
         grader_dir.mkdir()
         inputs_path = grader_dir / "inputs.npz"
-        write_inputs(assignment, inputs_path)
+        keys = write_inputs(assignment, inputs_path)
         out_prefix = str(grader_dir / "capture")
         nb = nbformat.from_dict(json.loads(json.dumps(nb)))  # a copy we may change
-        nb.cells.append(nbformat.v4.new_code_cell(capture_cell_source(assignment, str(inputs_path), out_prefix)))
+        nb.cells.append(nbformat.v4.new_code_cell(capture_cell_source(assignment, keys, str(inputs_path), out_prefix)))
         source, executed = workdir / "submission.ipynb", workdir / "executed.ipynb"
         nbformat.write(nb, source)
         command = [sys.executable, "-m", "autograder.execute", str(source), str(executed),
