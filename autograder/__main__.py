@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _limits(args) -> Limits:
-    return Limits(cell_timeout=args.cell_timeout, total_timeout=args.timeout)
+    return Limits(cell_timeout=args.cell_timeout, capture_timeout=args.capture_timeout, total_timeout=args.timeout)
 
 
 def cmd_grade(args) -> int:
@@ -113,6 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     def add_limits(p):
         p.add_argument("--timeout", type=int, default=900, help="seconds for a whole notebook (default 900)")
         p.add_argument("--cell-timeout", type=int, default=300, help="seconds for one cell (default 300)")
+        p.add_argument("--capture-timeout", type=int, default=600,
+                       help="seconds for the grader's cell that calls every exercise (default 600)")
 
     grade = sub.add_parser("grade", help="grade submissions; writes DIR/<stem>.json for each")
     grade.add_argument("paths", nargs="+", metavar="PATH")

@@ -3,7 +3,7 @@
 Run by :mod:`autograder.runner` in a child process (so that a hung or hostile kernel can be killed
 with its whole process group)::
 
-    python -m autograder.execute IN.ipynb OUT.ipynb --cell-timeout 300 [-p FAST True ...]
+    python -m autograder.execute IN.ipynb OUT.ipynb --cell-timeout 300 --capture-timeout 600 [-p FAST True ...]
 
 Exit status: 0 when every cell ran (some may have raised: the learner's errors are recorded in
 OUT.ipynb), 3 when the kernel died, 4 for anything else (message on stderr).
@@ -16,6 +16,7 @@ import sys
 
 KERNEL_DIED = 3
 FAILED = 4
+CAPTURE_TAG = "autograder-capture"
 
 
 def _value(text: str):
@@ -30,6 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("input")
     parser.add_argument("output")
     parser.add_argument("--cell-timeout", type=int, default=300)
+    parser.add_argument("--capture-timeout", type=int, default=600,
+                        help="seconds for the grader's own cell (tagged autograder-capture)")
     parser.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"))
     parser.add_argument("--cwd", default=None)
     args = parser.parse_args(argv)
@@ -47,6 +50,8 @@ def main(argv: list[str] | None = None) -> int:
             progress_bar=False,
             cwd=args.cwd,
             execution_timeout=args.cell_timeout,
+            # The grader's appended cell calls every exercise on every case: it gets its own budget.
+            timeout_func=lambda cell: args.capture_timeout if CAPTURE_TAG in cell.metadata.get("tags", []) else args.cell_timeout,
             # Keep going past a failing cell so later exercises still earn their credit, and turn
             # a cell that runs too long into an interrupt (KeyboardInterrupt in that cell).
             allow_errors=True,

@@ -34,7 +34,7 @@ import nbformat
 import numpy as np
 
 from . import harness, netguard
-from .execute import KERNEL_DIED
+from .execute import CAPTURE_TAG, KERNEL_DIED
 from .spec import Assignment
 
 GIB = 1024 ** 3
@@ -43,6 +43,7 @@ GIB = 1024 ** 3
 @dataclass
 class Limits:
     cell_timeout: int = 300          # seconds per cell before it is interrupted
+    capture_timeout: int = 600       # seconds for the grader's cell that calls every exercise
     total_timeout: int = 900         # seconds for the whole notebook before the kernel is killed
     memory_bytes: int = 12 * GIB     # address space of the kernel (torch reserves a lot of it)
     file_bytes: int = 512 * 1024**2  # largest file the kernel may write
@@ -146,8 +147,9 @@ def cell_errors(nb: nbformat.NotebookNode) -> list[dict]:
     found = []
     number = 0
     for cell in nb.cells:
-        if cell.cell_type != "code" or "injected-parameters" in cell.metadata.get("tags", []):
-            continue  # papermill's injected FAST/SEED cell is not the learner's
+        tags = cell.metadata.get("tags", [])
+        if cell.cell_type != "code" or "injected-parameters" in tags or CAPTURE_TAG in tags:
+            continue  # papermill's FAST/SEED cell and the grader's cell are not the learner's
         number += 1
         for output in cell.get("outputs", []):
             if output.get("output_type") == "error":
@@ -169,11 +171,14 @@ def run(nb: nbformat.NotebookNode, assignment: Assignment, limits: Limits, param
         keys = write_inputs(assignment, inputs_path)
         out_prefix = str(grader_dir / "capture")
         nb = nbformat.from_dict(json.loads(json.dumps(nb)))  # a copy we may change
-        nb.cells.append(nbformat.v4.new_code_cell(capture_cell_source(assignment, keys, str(inputs_path), out_prefix)))
+        capture = nbformat.v4.new_code_cell(capture_cell_source(assignment, keys, str(inputs_path), out_prefix))
+        capture.metadata["tags"] = [CAPTURE_TAG]
+        nb.cells.append(capture)
         source, executed = workdir / "submission.ipynb", workdir / "executed.ipynb"
         nbformat.write(nb, source)
         command = [sys.executable, "-m", "autograder.execute", str(source), str(executed),
-                   "--cell-timeout", str(limits.cell_timeout), "--cwd", str(workdir)]
+                   "--cell-timeout", str(limits.cell_timeout), "--capture-timeout", str(limits.capture_timeout),
+                   "--cwd", str(workdir)]
         for name, value in (parameters or {}).items():
             command += ["-p", name, repr(value)]
         env = sandbox_env(workdir)
