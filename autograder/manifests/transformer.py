@@ -81,7 +81,7 @@ LAYER_NORM = Exercise(
     reference=ln_reference,
     cases=(
         Case("(B, T, d), shifted and scaled", {"shape": (2, 5, 8), "offset": 3.0, "scale": 4.0}),
-        Case("nearly constant rows", {"shape": (3, 16), "offset": 1.0, "scale": 1e-3}),
+        Case("nearly constant rows", {"shape": (3, 16), "offset": 0.01, "scale": 1e-3}),
         Case("wide d", {"shape": (2, 3, 4, 64), "offset": -2.0, "scale": 0.5}, hidden=True),
         Case("tiny variance, (B, T, d)", {"shape": (2, 6, 12), "scale": 3e-3}, hidden=True),
     ),
