@@ -36,3 +36,21 @@ def solution_namespace(notebook: str) -> dict:
     for cell in chosen:
         exec(compile(cell.source, f"{notebook}:{cell.get('id', '?')}", "exec"), namespace)
     return namespace
+
+
+def interleaved_median_seconds(fns: list[Callable[[], object]], repeats: int = 20, warmup: int = 2) -> list[float]:
+    """Median wall time of each of ``fns``, timed in turn within every repeat (A, B, A, B, ...).
+
+    On a shared machine the load drifts; interleaving gives both sides the same conditions, so
+    their ratio is fairer than two back-to-back ``median_seconds``.
+    """
+    for _ in range(warmup):
+        for fn in fns:
+            fn()
+    times: list[list[float]] = [[] for _ in fns]
+    for _ in range(repeats):
+        for fn, bucket in zip(fns, times):
+            start = time.perf_counter()
+            fn()
+            bucket.append(time.perf_counter() - start)
+    return [statistics.median(bucket) for bucket in times]

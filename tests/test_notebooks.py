@@ -1,8 +1,8 @@
 """Notebooks run for real: papermill in the sandboxed kernel, graded by the trusted process.
 
 Each graded run starts a kernel (~2 s) and most load SmolLM2 (~5 s), so this file keeps their
-number small: one run per solution, one per student release, and two deliberately wrong
-submissions of notebook 01.
+number small: one run per solution, one per student release, two deliberately wrong
+submissions of notebook 01 and one each of notebooks 02 and 03.
 """
 from __future__ import annotations
 
@@ -104,3 +104,50 @@ def test_cli_grades_a_batch_with_broken_files_and_exits_zero(tmp_path):
     assert "version 3" in records["00_setup"]["message"]
     assert set(records["01_attention"]) >= {"notebook", "submission", "status", "score", "max_score", "seconds", "exercises"}
     assert "invalid" in result.stdout
+
+
+POST_NORM_BLOCK = '''
+class TransformerBlock(nn.Module):
+    def __init__(self, d_model, n_heads):
+        super().__init__()
+        self.ln_1 = LayerNorm(d_model)
+        self.attn = CausalSelfAttention(d_model, n_heads)
+        self.ln_2 = LayerNorm(d_model)
+        self.mlp = FeedForward(d_model, 4 * d_model)
+
+    def forward(self, x):                       # the 2017 arrangement, not GPT-2's
+        x = self.ln_1(x + self.attn(x))
+        return self.ln_2(x + self.mlp(x))
+'''
+
+
+def test_post_norm_block_is_named_in_the_feedback(tmp_path):
+    record = grade_notebook(make_variant(tmp_path, "02_transformer__post_norm", {"block": POST_NORM_BLOCK}))
+    by_id = {e["id"]: e for e in record["exercises"]}
+    assert record["status"] == "graded", record["message"]
+    assert by_id["transformer.block"]["score"] == 0 and "post-norm" in by_id["transformer.block"]["message"]
+    assert by_id["transformer.gpt"]["score"] == 0          # built from the wrong block
+    assert by_id["transformer.load_gpt2_weights"]["status"] == "passed"  # graded on the reference GPT
+    assert record["score"] == record["max_score"] - 6
+
+
+ENCODE_WITHOUT_PRETOKENISATION = '''
+def encode(text, merges, vocab):
+    byte_id = {token[0]: token_id for token_id, token in vocab.items() if len(token) == 1}
+    seq = [byte_id[b] for b in text.encode("utf-8")]          # the whole text as one chunk
+    while len(seq) >= 2:
+        pair = min(zip(seq, seq[1:]), key=lambda p: merges.get(p, math.inf))
+        if pair not in merges:
+            break
+        seq = merge_pair(seq, pair, merges[pair])
+    return seq
+'''
+
+
+def test_encode_without_pretokenisation_gets_partial_credit_and_its_hint(tmp_path):
+    record = grade_notebook(make_variant(tmp_path, "03_tokenization__no_split", {"encode": ENCODE_WITHOUT_PRETOKENISATION}))
+    by_id = {e["id"]: e for e in record["exercises"]}
+    assert record["status"] == "graded", record["message"]
+    encode = by_id["tokenization.encode"]
+    assert 0 < encode["score"] < encode["max_score"] and "pretokenize" in encode["message"], encode
+    assert all(e["status"] == "passed" for e in record["exercises"] if e["id"] != "tokenization.encode")

@@ -115,3 +115,42 @@ def line_plot(x, ys: dict, title: str, xlabel: str, ylabel: str, ax=None, logx: 
     ax.grid(alpha=0.3)
     ax.legend()
     return ax
+
+
+def heatmap(matrix, title: str, xlabel: str, ylabel: str, ax=None, cmap: str = "viridis",
+            center: bool = False, colorbar_label: str = "value"):
+    """A matrix as an image (rows on the y axis); ``center=True`` makes the colour scale symmetric around 0."""
+    matrix = _numpy(matrix)
+    ax = _axes(ax, figsize=(7, 4))
+    limit = float(np.abs(matrix).max()) or 1.0
+    kwargs = {"vmin": -limit, "vmax": limit} if center else {}
+    image = ax.imshow(matrix, cmap=cmap, aspect="auto", interpolation="nearest", **kwargs)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.figure.colorbar(image, ax=ax, shrink=0.8, label=colorbar_label)
+    return ax
+
+
+def token_strip(tokens: Sequence[str], title: str, ax=None, colors: Sequence[str] = ("#cfe2ff", "#ffe5b4")):
+    """Text cut into tokens, drawn as alternately coloured boxes (spaces shown as '·', newlines as '↵')."""
+    labels = [t.replace(" ", "·").replace("\n", "↵") for t in tokens]
+    widths = [max(len(label), 1) * 0.13 + 0.12 for label in labels]
+    rows, row, x = [], [], 0.0
+    for label, width in zip(labels, widths):
+        if x + width > 12 and row:
+            rows.append(row)
+            row, x = [], 0.0
+        row.append((x, width, label))
+        x += width + 0.04
+    rows.append(row)
+    ax = _axes(ax, figsize=(12.5, 0.5 * len(rows) + 0.6))
+    for r, items in enumerate(rows):
+        for k, (x, width, label) in enumerate(items):
+            ax.add_patch(plt.Rectangle((x, -r - 0.4), width, 0.8, color=colors[k % len(colors)]))
+            ax.text(x + width / 2, -r, label, ha="center", va="center", fontsize=9, family="monospace")
+    ax.set_xlim(0, 12.2)
+    ax.set_ylim(-len(rows) + 0.4, 0.6)
+    ax.axis("off")
+    ax.set_title(f"{title} ({len(tokens)} tokens)")
+    return ax
