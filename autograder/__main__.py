@@ -22,7 +22,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _limits(args) -> Limits:
-    return Limits(cell_timeout=args.cell_timeout, total_timeout=args.timeout)
+    return Limits(cell_timeout=args.cell_timeout, total_timeout=args.timeout,
+                  memory_bytes=int(args.memory_gb * 1024**3))
 
 
 def cmd_grade(args) -> int:
@@ -126,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     def add_limits(p):
         p.add_argument("--timeout", type=int, default=900, help="seconds for a whole notebook (default 900)")
         p.add_argument("--cell-timeout", type=int, default=300, help="seconds for one cell (default 300)")
+        p.add_argument("--memory-gb", type=float, default=12, help="address space of the kernel, GiB (default 12)")
 
     grade = sub.add_parser("grade", help="grade submissions; writes DIR/<stem>.json for each")
     grade.add_argument("paths", nargs="+", metavar="PATH")

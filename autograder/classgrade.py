@@ -20,7 +20,9 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import os
 import re
+import sys
 import time
 from concurrent.futures import Executor, ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
@@ -133,7 +135,7 @@ def make_executor(workers: int = 2, dask_scheduler: str | None = None) -> tuple[
     return ProcessPoolExecutor(max_workers=max(1, workers)), None
 
 
-def run_jobs(jobs: list[Job], limits: Limits, workers: int, dask_scheduler: str | None, on_done) -> None:
+def run_jobs(jobs: list[Job], limits: Limits, workers: int, dask_scheduler: str | None, on_done, fn=None) -> None:
     """Grade ``jobs`` concurrently, calling ``on_done(job, record)`` as each finishes; never raises for a job.
 
     A process pool broken by a dying worker is replaced, and the jobs it lost are tried once more.
@@ -144,7 +146,7 @@ def run_jobs(jobs: list[Job], limits: Limits, workers: int, dask_scheduler: str 
         executor, client = make_executor(workers, dask_scheduler)
         broken = False
         try:
-            futures = {executor.submit(grade_job, job, limits): job for job in pending}
+            futures = {executor.submit(fn or grade_job, job, limits): job for job in pending}
             pending = []
             for future in as_completed(futures):
                 job = futures[future]
@@ -199,6 +201,9 @@ def write_gradebook(records: list[dict], assignment: str, path: Path) -> None:
     spec = manifests.assignment(assignment)
     cells = grade_cell_names(assignment)
     path.parent.mkdir(parents=True, exist_ok=True)
+    bin_dir = str(Path(sys.executable).parent)  # nbgrader runs `alembic` from PATH: the venv's
+    if bin_dir not in os.environ.get("PATH", "").split(os.pathsep):
+        os.environ["PATH"] = bin_dir + os.pathsep + os.environ.get("PATH", "")
     with Gradebook(f"sqlite:///{path.resolve()}") as gb:
         gb.update_or_create_assignment(assignment)
         gb.update_or_create_notebook(spec.notebook, assignment)

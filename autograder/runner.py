@@ -216,6 +216,19 @@ def hidden_paths(extra: tuple[str, ...] = ()) -> list[str]:
     return sorted(chosen, key=lambda p: p.count("/"))  # outer folders first
 
 
+@functools.lru_cache(maxsize=None)
+def _share_assets(cache: Path) -> None:
+    """Let any user read the prepared assets (public weights and texts; safetensors saves with mode 600)."""
+    for path in [cache, *cache.rglob("*")]:
+        try:
+            mode = path.stat().st_mode
+            wanted = mode | (0o555 if path.is_dir() else 0o444)
+            if wanted != mode:
+                path.chmod(wanted)
+        except OSError:
+            pass
+
+
 def _readable_assets(cache: Path) -> Path:
     """Without a mount namespace: a copy of the asset cache that any user can read (hard links where possible)."""
     target = Path(tempfile.gettempdir()) / f"llm-course-assets-{os.getuid()}"
@@ -385,9 +398,11 @@ def _log_tail(path: Path) -> str:
         with open(path, "rb") as handle:
             handle.seek(max(0, os.fstat(handle.fileno()).st_size - 4096))
             lines = handle.read().decode("utf-8", "replace").strip().splitlines()
-        return lines[-1][:300] if lines else ""
     except OSError:
         return ""
+    noise = ("[", "Passed unknown parameter", "Input notebook does not contain", "Timeout waiting", "Interrupting")
+    lines = [line for line in lines if line.strip() and not line.startswith(noise)]
+    return lines[-1][:300] if lines else ""
 
 
 def run(nb: nbformat.NotebookNode, assignment: Assignment, limits: Limits, parameters: dict | None = None,
@@ -403,6 +418,8 @@ def run(nb: nbformat.NotebookNode, assignment: Assignment, limits: Limits, param
     try:
         (workdir / "tmp").mkdir()
         cache = cache_dir()
+        if box.drop_user:
+            _share_assets(cache)
         if box.mount_namespace:
             (workdir / "assets").mkdir()
             cache = workdir / "assets"
