@@ -24,6 +24,7 @@ import os
 import re
 import sys
 import time
+import warnings
 from concurrent.futures import Executor, ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, replace
@@ -164,7 +165,10 @@ def run_jobs(jobs: list[Job], limits: Limits, workers: int, dask_scheduler: str 
                     record = _failed(job, f"{type(exc).__name__}: {exc}")
                 on_done(job, record)
         finally:
-            executor.shutdown(wait=not broken, cancel_futures=True)
+            if isinstance(executor, ProcessPoolExecutor):
+                executor.shutdown(wait=not broken, cancel_futures=True)
+            else:
+                executor.shutdown(wait=True)
             if client is not None:
                 client.close()
 
@@ -204,7 +208,8 @@ def write_gradebook(records: list[dict], assignment: str, path: Path) -> None:
     bin_dir = str(Path(sys.executable).parent)  # nbgrader runs `alembic` from PATH: the venv's
     if bin_dir not in os.environ.get("PATH", "").split(os.pathsep):
         os.environ["PATH"] = bin_dir + os.pathsep + os.environ.get("PATH", "")
-    with Gradebook(f"sqlite:///{path.resolve()}") as gb:
+    with warnings.catch_warnings(), Gradebook(f"sqlite:///{path.resolve()}") as gb:
+        warnings.simplefilter("ignore")  # nbgrader's own SQLAlchemy autoflush warnings
         gb.update_or_create_assignment(assignment)
         gb.update_or_create_notebook(spec.notebook, assignment)
         for ex in spec.exercises:
