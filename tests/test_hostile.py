@@ -82,7 +82,7 @@ def test_grades_csv_and_the_nbgrader_gradebook_agree_with_the_records(graded, tm
 
 def test_a_second_run_resumes_and_regrades_only_what_changed(graded):
     changed = graded["base"] / "submitted" / "corrupt_json" / "01_attention" / "01_attention.ipynb"
-    changed.write_bytes(b'{"nbformat": 3}')
+    changed.write_bytes(b'{"nbformat": 3, "nbformat_minor": 0, "metadata": {}, "worksheets": []}')
     result = subprocess.run(
         [sys.executable, "-m", "autograder", "grade-class", str(graded["base"] / "submitted"), "--assignment",
          "01_attention", "--out", str(graded["out"])], cwd=ROOT, capture_output=True, text=True, timeout=300,
