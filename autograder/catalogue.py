@@ -65,6 +65,8 @@ def _with(*extra: str, before: bool = False) -> list[str]:
 
 
 SOLUTIONS = str(ROOT / "solutions" / f"{ASSIGNMENT}.ipynb")
+LEFTOVER = "/tmp/course-catalogue-leftover"        # must be gone after grading
+DAEMON = "/tmp/course-catalogue-daemon-survived"  # must never appear (the daemon is killed)
 
 ENV_PROBES = [
     # (cell, the error it must raise)
@@ -90,6 +92,10 @@ ENV_PROBES = [
      "    os.makedirs(os.path.dirname(name) or '.', exist_ok=True)\n"
      "    open(name, 'wb').write(pickle.dumps(Boom()))\n"
      "raise RuntimeError('pickles left for the grader')", "RuntimeError: pickles left"),
+    (f"open({LEFTOVER!r}, 'w').write('x')\nraise RuntimeError('a file left in /tmp')", "RuntimeError: a file left"),
+    ("import os, time\nif os.fork() == 0:\n    os.setsid()  # leaves the process group\n    time.sleep(20)\n"
+     f"    open({DAEMON!r}, 'w').write('x')\n    os._exit(0)\nraise RuntimeError('a daemon started')",
+     "RuntimeError: a daemon"),
     ("hog = bytearray(64 * 2**30)  # 64 GiB at once", "MemoryError"),
     ("hog = []\nwhile True:\n    hog.append(bytearray(2**28))  # 256 MiB at a time", "MemoryError"),
     ("del hog\nwhile True:\n    pass  # an endless loop: the cell is interrupted", "KeyboardInterrupt"),
@@ -184,7 +190,8 @@ def entries() -> list[Entry]:
                             "looking for hidden inputs on disk", "reading the secret from the environment",
                             "a network connection from a subprocess", "a network connection from the kernel",
                             "writing the grader's code", "writing outside the work folder",
-                            "pickles left for the grader", "a 64 GiB allocation", "a memory hog that grows",
+                            "pickles left for the grader", "a file left in /tmp", "a daemon that outlives the notebook",
+                            "a 64 GiB allocation", "a memory hog that grows",
                             "an infinite loop", "network interfaces (only lo)",
                             "edited metadata: points 1000, a duplicated grade_id, test cells deleted"],
               "graded", _with(*[c for c, _ in ENV_PROBES], before=True),

@@ -1,8 +1,8 @@
 """Grade a whole class: ``python -m autograder grade-class SUBMITTED_DIR --assignment NAME --out DIR``.
 
 ``SUBMITTED_DIR`` has nbgrader's layout, ``<student>/<assignment>/<notebook>.ipynb``. For each
-student this writes ``DIR/<student>/<assignment>.json`` (the record of ``grade``, plus ``student``,
-``sha256`` and ``grader``), ``.md`` and ``.html`` feedback beside it (per exercise: score and message;
+student this writes ``DIR/<student>/<assignment>.json`` (the record of ``grade``, plus ``student`` and
+``sha256``), ``.md`` and ``.html`` feedback beside it (per exercise: score and message;
 hidden cases are never described), then ``DIR/grades.csv``, ``DIR/summary.json`` and the scores in
 nbgrader's gradebook (``--gradebook``, default ``DIR/gradebook.db``) so that ``nbgrader export`` and
 formgrader show them.
@@ -10,7 +10,9 @@ formgrader show them.
 * Each submission is graded in its own sandbox (:mod:`autograder.runner`); one bad submission only
   gets a bad record. A grader failure (a worker that died) becomes a ``crashed`` record too.
 * Resume: a submission whose notebook bytes and grader fingerprint (the grader's code, the manifest,
-  the hidden-case secret) match its existing record is not graded again (``--force`` does).
+  the hidden-case secret) match what ``DIR/.resume.json`` says of its existing record is not graded
+  again (``--force`` does). The fingerprint stays in that file, out of the records students may see:
+  it is derived from the secret.
 * Concurrency through a ``concurrent.futures.Executor``: a local process pool (``--workers N``), or
   a ``dask.distributed`` cluster (``--dask-scheduler ADDRESS``) whose workers run the same job
   function; records come back to this process, which alone writes files.
@@ -36,6 +38,7 @@ from .report import feedback_html, feedback_markdown
 from .runner import ROOT, Limits, sandbox
 from .spec import hidden_secret
 
+RESUME = ".resume.json"  # student -> {"sha256", "grader"} of the record in DIR (the instructor's, not the students')
 CSV_FIELDS = ["student", "assignment", "status", "score", "max_score", "seconds", "submission", "message"]
 
 
@@ -117,13 +120,22 @@ def _write(out: Path, job: Job, record: dict) -> None:
         partial.replace(target.with_suffix(suffix))
 
 
-def _up_to_date(out: Path, job: Job, grader: str) -> dict | None:
+def _resume_state(out: Path) -> dict:
+    try:
+        state = json.loads((out / RESUME).read_text(encoding="utf-8"))
+        return state if isinstance(state, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _up_to_date(out: Path, job: Job, grader: str, state: dict) -> dict | None:
+    if state.get(job.student) != {"sha256": job.sha256, "grader": grader}:
+        return None
     try:
         record = json.loads(_record_path(out, job).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    same = isinstance(record, dict) and record.get("sha256") == job.sha256 and record.get("grader") == grader
-    return record if same else None
+    return record if isinstance(record, dict) and record.get("sha256") == job.sha256 else None
 
 
 def make_executor(workers: int = 2, dask_scheduler: str | None = None) -> tuple[Executor, object]:
@@ -246,8 +258,9 @@ def grade_class(submitted: Path, assignment: str, out: Path, gradebook: Path | N
     jobs = discover(submitted, assignment)
     records: dict[Job, dict] = {}
     todo = []
+    state = _resume_state(out)
     for job in jobs:
-        done = None if force else _up_to_date(out, job, grader)
+        done = None if force else _up_to_date(out, job, grader, state)
         if done is not None:
             records[job] = done
         else:
@@ -256,9 +269,12 @@ def grade_class(submitted: Path, assignment: str, out: Path, gradebook: Path | N
         f"{len(todo)} to grade" + (f" on dask at {dask_scheduler}" if dask_scheduler else f" with {workers} worker(s)"))
 
     def on_done(job: Job, record: dict) -> None:
-        record["grader"] = grader
         _write(out, job, record)
         records[job] = record
+        state[job.student] = {"sha256": job.sha256, "grader": grader}
+        partial = out / (RESUME + ".partial")
+        partial.write_text(json.dumps(state, indent=1), encoding="utf-8")
+        partial.replace(out / RESUME)
         log(f"  {job.student}: {record['status']}, {record['score']:g}/{record['max_score']:g} "
             f"in {record['seconds']:.1f} s")
 

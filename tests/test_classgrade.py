@@ -97,3 +97,21 @@ def test_hidden_case_errors_show_only_the_exception_type():
     for case in result.cases:
         if case.hidden:
             assert case.message.endswith("raised ValueError") and "inputs were" not in case.message
+
+
+def test_resume_skips_unchanged_submissions_and_keeps_the_fingerprint_out_of_records(tmp_path):
+    submitted = _class(tmp_path, {"ann": b"{", "bob": b"[]"})
+    out = tmp_path / "out"
+    lines = []
+    classgrade.grade_class(submitted, "01_attention", out, workers=1, log=lines.append)
+    assert any("0 unchanged since graded, 2 to grade" in l for l in lines), lines
+    record = json.loads((out / "ann" / "01_attention.json").read_text())
+    assert "grader" not in record and record["sha256"]
+    (submitted / "bob" / "01_attention" / "01_attention.ipynb").write_bytes(b"")
+    lines.clear()
+    classgrade.grade_class(submitted, "01_attention", out, workers=1, log=lines.append)
+    assert any("1 unchanged since graded, 1 to grade" in l for l in lines), lines
+    assert "empty" in json.loads((out / "bob" / "01_attention.json").read_text())["message"]
+    lines.clear()
+    classgrade.grade_class(submitted, "01_attention", out, workers=1, force=True, log=lines.append)
+    assert any("0 unchanged since graded, 2 to grade" in l for l in lines), lines

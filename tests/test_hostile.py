@@ -27,7 +27,8 @@ HIDDEN = [case.name for ex in manifests.assignment("01_attention").exercises for
 @pytest.fixture(scope="module")
 def graded(tmp_path_factory):
     base = tmp_path_factory.mktemp("catalogue")
-    PICKLE_MARKER.unlink(missing_ok=True)
+    for marker in (PICKLE_MARKER, Path(catalogue.LEFTOVER), Path(catalogue.DAEMON)):
+        marker.unlink(missing_ok=True)
     entries = catalogue.build(base / "submitted")
     out = base / "out"
     limits = catalogue.LIMITS
@@ -52,6 +53,8 @@ def test_every_submission_gets_its_status_and_no_more_than_honest_work(graded):
     assert [r for r in rows if not r["ok"]] == []
     assert not any(r["above_honest"] for r in rows)
     assert not PICKLE_MARKER.exists(), "the grader unpickled a learner's file"
+    assert not Path(catalogue.LEFTOVER).exists(), "a file the sandbox left in /tmp was not removed"
+    assert not Path(catalogue.DAEMON).exists(), "a process of the sandbox outlived its notebook"
 
 
 def test_feedback_is_small_and_never_shows_hidden_cases(graded):
