@@ -22,6 +22,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import multiprocessing
 import os
 import re
 import sys
@@ -145,7 +146,11 @@ def make_executor(workers: int = 2, dask_scheduler: str | None = None) -> tuple[
 
         client = Client(dask_scheduler)
         return client.get_executor(pure=False), client
-    return ProcessPoolExecutor(max_workers=max(1, workers)), None
+    # forkserver, not fork: this process has run torch (the references), and a child forked from a
+    # process with a live OpenMP thread pool can hang in its first torch call.
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["autograder.classgrade"])  # imported once, before any torch op
+    return ProcessPoolExecutor(max_workers=max(1, workers), mp_context=context), None
 
 
 def run_jobs(jobs: list[Job], limits: Limits, workers: int, dask_scheduler: str | None, on_done, fn=None) -> None:
