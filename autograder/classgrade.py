@@ -153,41 +153,42 @@ def make_executor(workers: int = 2, dask_scheduler: str | None = None) -> tuple[
     return ProcessPoolExecutor(max_workers=max(1, workers), mp_context=context), None
 
 
+def _run_round(jobs: list[Job], limits: Limits, workers: int, dask_scheduler: str | None, on_done, fn) -> list[Job]:
+    """Grade ``jobs`` on one executor; returns the jobs lost because a worker process died."""
+    executor, client = make_executor(workers, dask_scheduler)
+    lost = []
+    try:
+        futures = {executor.submit(fn or grade_job, job, limits): job for job in jobs}
+        for future in as_completed(futures):
+            job = futures[future]
+            try:
+                record = future.result()
+            except BrokenProcessPool:
+                lost.append(job)
+                continue
+            except Exception as exc:  # noqa: BLE001 - a job's failure is that job's record
+                record = _failed(job, f"{type(exc).__name__}: {exc}")
+            on_done(job, record)
+    finally:
+        if isinstance(executor, ProcessPoolExecutor):
+            executor.shutdown(wait=not lost, cancel_futures=True)
+        else:
+            executor.shutdown(wait=True)
+        if client is not None:
+            client.close()
+    return lost
+
+
 def run_jobs(jobs: list[Job], limits: Limits, workers: int, dask_scheduler: str | None, on_done, fn=None) -> None:
     """Grade ``jobs`` concurrently, calling ``on_done(job, record)`` as each finishes; never raises for a job.
 
-    A process pool broken by a dying worker is replaced, and the jobs it lost are tried once more.
+    When a worker process dies (the OOM killer, a bug), the pool breaks and every job in it is lost:
+    those are then tried again one at a time, each in a pool of its own, so that only the job that
+    kills its worker again gets a ``crashed`` record.
     """
-    tries = {job: 0 for job in jobs}
-    pending = list(jobs)
-    while pending:
-        executor, client = make_executor(workers, dask_scheduler)
-        broken = False
-        try:
-            futures = {executor.submit(fn or grade_job, job, limits): job for job in pending}
-            pending = []
-            for future in as_completed(futures):
-                job = futures[future]
-                try:
-                    record = future.result()
-                except BrokenProcessPool as exc:
-                    broken = True
-                    tries[job] += 1
-                    if tries[job] > 1:
-                        on_done(job, _failed(job, f"its worker process died twice ({exc})"))
-                    else:
-                        pending.append(job)
-                    continue
-                except Exception as exc:  # noqa: BLE001 - a job's failure is that job's record
-                    record = _failed(job, f"{type(exc).__name__}: {exc}")
-                on_done(job, record)
-        finally:
-            if isinstance(executor, ProcessPoolExecutor):
-                executor.shutdown(wait=not broken, cancel_futures=True)
-            else:
-                executor.shutdown(wait=True)
-            if client is not None:
-                client.close()
+    for job in _run_round(jobs, limits, workers, dask_scheduler, on_done, fn):
+        if _run_round([job], limits, 1, dask_scheduler, on_done, fn):
+            on_done(job, _failed(job, "its worker process died (twice, the second time alone)"))
 
 
 def write_csv(records: list[dict], path: Path, exercise_ids: list[str]) -> None:
