@@ -92,12 +92,17 @@ def enter(config: dict) -> None:
     if config.get("netns"):
         loopback_up()
     for name, value in config.get("rlimits", {}).items():
-        limit = getattr(resource, name)
+        limit = getattr(resource, name, None)
+        if limit is None:
+            continue  # not on this system (the runner's report says which limits exist)
         try:
             resource.setrlimit(limit, (value, value))
         except (ValueError, OSError):
-            soft, hard = resource.getrlimit(limit)  # cannot raise a hard limit: stay below it
-            resource.setrlimit(limit, (min(value, hard) if hard != resource.RLIM_INFINITY else value,) * 2)
+            try:  # cannot raise a hard limit: stay below it
+                hard = resource.getrlimit(limit)[1]
+                resource.setrlimit(limit, (min(value, hard) if hard != resource.RLIM_INFINITY else value,) * 2)
+            except (ValueError, OSError):
+                pass
     uid = config.get("uid")
     if uid is not None:
         os.setgroups([])
