@@ -94,7 +94,7 @@ def enter(config: dict) -> None:
     for name, value in config.get("rlimits", {}).items():
         limit = getattr(resource, name, None)
         if limit is None:
-            continue  # not on this system (the runner's report says which limits exist)
+            continue  # not on this system
         try:
             resource.setrlimit(limit, (value, value))
         except (ValueError, OSError):
@@ -102,7 +102,7 @@ def enter(config: dict) -> None:
                 hard = resource.getrlimit(limit)[1]
                 resource.setrlimit(limit, (min(value, hard) if hard != resource.RLIM_INFINITY else value,) * 2)
             except (ValueError, OSError):
-                pass
+                print(f"sandbox note: {name} could not be set", file=sys.stderr)  # in the run's log
     uid = config.get("uid")
     if uid is not None:
         os.setgroups([])
