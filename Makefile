@@ -6,16 +6,18 @@
 #   make release   rebuild notebooks/ from solutions/ with nbgrader
 #   make bench     benchmarks -> build/bench/*.json
 #   make grade SUBMISSIONS="a.ipynb b.ipynb" [OUT=build/grades]
+#   make grade-class SUBMITTED=submitted ASSIGNMENT=01_attention [OUT=build/class] [WORKERS=2]
 
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 OUT ?= build/grades
+WORKERS ?= 2
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: setup course test lab release bench grade clean
+.PHONY: setup course test lab release bench grade grade-class clean
 
 $(STAMP): pyproject.toml requirements-assets.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -45,6 +47,10 @@ bench: setup
 grade: setup
 	@test -n "$(SUBMISSIONS)" || (echo 'usage: make grade SUBMISSIONS="path/to/01_attention.ipynb ..." [OUT=dir]'; exit 2)
 	$(PY) -m autograder grade $(SUBMISSIONS) --out $(OUT)
+
+grade-class: setup
+	@test -n "$(SUBMITTED)" -a -n "$(ASSIGNMENT)" || (echo 'usage: make grade-class SUBMITTED=dir ASSIGNMENT=01_attention [OUT=build/class] [WORKERS=2]'; exit 2)
+	$(PY) -m autograder grade-class $(SUBMITTED) --assignment $(ASSIGNMENT) --out $(if $(filter build/grades,$(OUT)),build/class,$(OUT)) --workers $(WORKERS)
 
 clean:
 	rm -rf build

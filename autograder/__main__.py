@@ -1,6 +1,8 @@
 """Command line of the grader.
 
     python -m autograder grade PATH... --out DIR     grade submissions, one JSON record each
+    python -m autograder grade-class SUBMITTED_DIR --assignment NAME --out DIR [--workers N]
+                                                     grade a class (nbgrader layout) into DIR and a gradebook
     python -m autograder course [NAME...]            run and grade every solution and student notebook
     python -m autograder release [--check]           build notebooks/ from solutions/ (nbgrader)
 """
@@ -21,7 +23,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _limits(args) -> Limits:
-    return Limits(cell_timeout=args.cell_timeout, capture_timeout=args.capture_timeout, total_timeout=args.timeout)
+    return Limits(cell_timeout=args.cell_timeout, total_timeout=args.timeout,
+                  memory_bytes=int(args.memory_gb * 1024**3))
 
 
 def cmd_grade(args) -> int:
@@ -42,6 +45,19 @@ def cmd_grade(args) -> int:
     print()
     print(table(SUMMARY_HEADERS, summary_rows(records)))
     return 0  # grading completed: the scores are in the records, not in the exit status
+
+
+def cmd_grade_class(args) -> int:
+    from .classgrade import grade_class
+
+    limits = _limits(args)
+    summary = grade_class(Path(args.submitted), args.assignment, Path(args.out),
+                          gradebook=Path(args.gradebook) if args.gradebook else None, workers=args.workers,
+                          dask_scheduler=args.dask_scheduler, limits=limits, force=args.force,
+                          log=lambda line: print(line, flush=True))
+    print(f"done: {summary['submissions']} submission(s) {summary['statuses']} in {summary['seconds']:.1f} s; "
+          f"wrote {args.out}/grades.csv, {args.out}/<student>/{args.assignment}.json|.md|.html and {summary['gradebook']}")
+    return 0  # the batch completed: the scores are in the records, not in the exit status
 
 
 def cmd_course(args) -> int:
@@ -113,8 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     def add_limits(p):
         p.add_argument("--timeout", type=int, default=900, help="seconds for a whole notebook (default 900)")
         p.add_argument("--cell-timeout", type=int, default=300, help="seconds for one cell (default 300)")
-        p.add_argument("--capture-timeout", type=int, default=600,
-                       help="seconds for the grader's cell that calls every exercise (default 600)")
+        p.add_argument("--memory-gb", type=float, default=12, help="address space of the kernel, GiB (default 12)")
 
     grade = sub.add_parser("grade", help="grade submissions; writes DIR/<stem>.json for each")
     grade.add_argument("paths", nargs="+", metavar="PATH")
@@ -122,6 +137,17 @@ def main(argv: list[str] | None = None) -> int:
     grade.add_argument("--assignment", help="which notebook they answer (default: from the file name)")
     add_limits(grade)
     grade.set_defaults(func=cmd_grade)
+
+    klass = sub.add_parser("grade-class", help="grade SUBMITTED_DIR/<student>/<assignment>/*.ipynb")
+    klass.add_argument("submitted", metavar="SUBMITTED_DIR")
+    klass.add_argument("--assignment", required=True, help="the notebook, e.g. 01_attention")
+    klass.add_argument("--out", required=True, metavar="DIR")
+    klass.add_argument("--gradebook", metavar="PATH", help="nbgrader gradebook (default DIR/gradebook.db)")
+    klass.add_argument("--workers", type=int, default=2, help="local processes grading at once (default 2)")
+    klass.add_argument("--dask-scheduler", metavar="ADDRESS", help="grade on a dask.distributed cluster instead")
+    klass.add_argument("--force", action="store_true", help="grade again submissions already graded and unchanged")
+    add_limits(klass)
+    klass.set_defaults(func=cmd_grade_class)
 
     course = sub.add_parser("course", help="execute and grade every solution and student notebook")
     course.add_argument("names", nargs="*", help="notebooks (default: all)")

@@ -126,6 +126,9 @@ def grade_exercise(exercise: Exercise, report: dict | None, arrays: dict[str, np
         statuses.append(status)
         if status != "ok":
             text = str(case_report.get("message", "")) if isinstance(case_report, dict) else ""
+            if case.hidden and text:  # a learner's message could print the hidden inputs: keep its kind only
+                head, colon, _ = text.partition(":")
+                text = f"raised {head[:60]}" if colon and head.isidentifier() else text[:200]
             text = text or "the grader's cell did not reach this case (the kernel stopped early)"
             results.append(CaseResult(case.name, case.hidden, False, f"{label}: {text[:600]}"))
             continue

@@ -24,6 +24,7 @@ from .runner import Limits, cell_errors, run
 from .spec import Assignment
 
 FAST_PARAMETERS = {"FAST": True, "SEED": 0}
+MAX_CELL_ERRORS = 20  # errors listed in a record (the feedback stays small whatever the notebook)
 
 
 def identify(path: Path, assignment: str | None = None) -> Assignment:
@@ -81,11 +82,14 @@ def _record(assignment_name: str, path: Path, status: str, seconds: float, messa
         "score": round(score, 4),
         "max_score": max_score,
         "seconds": round(seconds, 2),
-        "message": message,
+        "message": message[:1000],
         "exercises": [e.public_dict() for e in exercises],
     }
     if errors:
-        record["cell_errors"] = errors
+        record["cell_errors"] = errors[:MAX_CELL_ERRORS]
+        if len(errors) > MAX_CELL_ERRORS:
+            record["cell_errors"].append({"cell": errors[MAX_CELL_ERRORS]["cell"],
+                                          "error": f"... and {len(errors) - MAX_CELL_ERRORS} more errors"})
     return record
 
 

@@ -14,11 +14,13 @@ Nothing here decides a score: a learner's kernel can be tampered with, so everyt
 treated as untrusted data and checked again by :mod:`autograder.compare`.
 """
 import json
+import os
 import traceback
 
 import numpy as np
 
 MAX_MESSAGE = 600  # characters of an exception message kept for feedback
+MAX_ELEMENTS = 1 << 24  # numbers in one output; no exercise needs more (a huge tensor is refused)
 
 
 def to_plain(value):
@@ -33,10 +35,14 @@ def to_plain(value):
     kind = type(value)
     name = f"{kind.__module__}.{kind.__qualname__}" if kind.__module__ != "builtins" else kind.__qualname__
     if kind in (bool, int, float):
+        if kind is int and not -(1 << 63) <= value < (1 << 63):
+            return None, name, "an int too large for 64 bits"
         return np.asarray(value), name, None
     if kind is np.ndarray:
         if value.dtype.kind not in "biuf":
             return None, name, f"an array of dtype {value.dtype}; expected numbers"
+        if value.size > MAX_ELEMENTS:
+            return None, name, f"an array of {value.size} numbers (shape {value.shape}); far too large"
         return np.array(value, copy=True), name, None
     try:
         import torch
@@ -48,6 +54,8 @@ def to_plain(value):
             tensor = tensor.float()
         if tensor.is_complex():
             return None, name, f"a complex tensor ({value.dtype}); expected real numbers"
+        if tensor.numel() > MAX_ELEMENTS:
+            return None, name, f"a tensor of {tensor.numel()} numbers (shape {tuple(tensor.shape)}); far too large"
         return tensor.numpy().copy(), f"torch.Tensor[{str(value.dtype).replace('torch.', '')}]", None
     return None, name, f"a {name}; expected a tensor or a number"
 
@@ -89,13 +97,15 @@ def run_case(fn, call, inputs):
     return outputs, {"status": "ok", "types": types}
 
 
-def capture(spec, namespace, inputs_path, out_prefix):
+def capture(spec, namespace, inputs, out_prefix, nonce=""):
     """Run every exercise of ``spec`` on its cases and write ``<out_prefix>.npz`` / ``.json``.
 
-    ``spec`` is a list of ``{"id", "callable", "call_source", "call_name", "cases": {name: [keys]}}``.
+    ``spec`` is a list of ``{"id", "callable", "call_source", "call_name", "cases": {name: [keys]}}``;
+    ``inputs`` an ``.npz`` (path or file object); ``nonce`` goes into the report so the grader can
+    tell this capture from files a learner's cell left behind.
     """
-    stored = np.load(inputs_path, allow_pickle=False)
-    arrays, report = {}, {}
+    stored = np.load(inputs, allow_pickle=False)
+    arrays, report = {}, {"__nonce__": nonce}
     for exercise in spec:
         scope = {}
         exec(exercise["call_source"], scope)
@@ -112,6 +122,7 @@ def capture(spec, namespace, inputs_path, out_prefix):
             entry["cases"][case] = case_report
             for key, array in outputs.items():
                 arrays[f"{exercise['id']}/{case}/{key}"] = array
+    os.makedirs(os.path.dirname(out_prefix) or ".", exist_ok=True)
     np.savez(out_prefix + ".npz", **arrays)
     with open(out_prefix + ".json", "w", encoding="utf-8") as handle:
         json.dump(report, handle)

@@ -70,3 +70,16 @@ def feedback_markdown(record: dict) -> str:
     if rows:
         lines += ["", markdown_table(["exercise", "status", "score", "feedback"], rows)]
     return "\n".join(lines) + "\n"
+
+
+def feedback_html(record: dict) -> str:
+    """The same feedback as :func:`feedback_markdown`, as a small self-contained HTML page."""
+    blocks = [("h1", f"{record['notebook']}: {record['score']:g} / {record['max_score']:g}"),
+              ("p", f"Status: {record['status']} ({record['seconds']:.1f} s)")]
+    if record.get("message"):
+        blocks.append(("p", record["message"]))
+    rows = [[f"{MARK.get(e['status'], '?')} {e['id']}", e["status"], f"{e['score']:g}/{e['max_score']:g}", e["message"]]
+            for e in record["exercises"]]
+    if rows:
+        blocks.append(("table", (["exercise", "status", "score", "feedback"], rows)))
+    return html_page(f"{record['notebook']} feedback", blocks)

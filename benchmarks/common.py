@@ -6,8 +6,6 @@ import time
 from pathlib import Path
 from typing import Callable
 
-import nbformat
-
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -29,12 +27,11 @@ def solution_namespace(notebook: str) -> dict:
     This is "your" implementation for a benchmark: the code a learner writes, taken from the
     solution notebook itself rather than from a second copy.
     """
-    nb = nbformat.read(ROOT / "solutions" / f"{notebook}.ipynb", as_version=4)
-    code = [cell for cell in nb.cells if cell.cell_type == "code"]
-    chosen = code[:2] + [c for c in code[2:] if c.metadata.get("nbgrader", {}).get("solution")]
+    from autograder.catalogue import solution_code_cells
+
     namespace: dict = {"FAST": True}
-    for cell in chosen:
-        exec(compile(cell.source, f"{notebook}:{cell.get('id', '?')}", "exec"), namespace)
+    for number, source in enumerate(solution_code_cells(notebook)):
+        exec(compile(source, f"{notebook}:cell{number}", "exec"), namespace)
     return namespace
 
 

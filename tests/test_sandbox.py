@@ -40,3 +40,16 @@ def test_the_kernel_has_no_network(tmp_path):
     record = grade_notebook(path, limits=Limits(total_timeout=120))
     errors = [e["error"] for e in record["cell_errors"]]
     assert len(errors) == 2 and all("network access is disabled" in e for e in errors), errors
+
+
+def test_without_root_mechanisms_the_grader_falls_back_and_still_grades(tmp_path, monkeypatch):
+    """What a machine without namespaces (or a grader not running as root) gets: rlimits and the audit hook."""
+    from autograder import runner
+
+    monkeypatch.setattr(runner, "sandbox", lambda: runner.Sandbox(False, False, False, ("no namespaces here",)))
+    path = tiny_notebook(tmp_path, "01_attention", "import socket\nsocket.create_connection(('93.184.216.34', 80), timeout=5)",
+                         "def causal_mask(T):\n    import torch\n    return torch.ones(T, T).tril().bool()")
+    record = grade_notebook(path, limits=Limits(total_timeout=120))
+    assert record["status"] == "graded"
+    assert "network access is disabled" in record["cell_errors"][0]["error"]
+    assert {e["id"]: e["status"] for e in record["exercises"]}["attention.causal_mask"] == "passed"

@@ -1,0 +1,302 @@
+"""Grade a whole class: ``python -m autograder grade-class SUBMITTED_DIR --assignment NAME --out DIR``.
+
+``SUBMITTED_DIR`` has nbgrader's layout, ``<student>/<assignment>/<notebook>.ipynb``. For each
+student this writes ``DIR/<student>/<assignment>.json`` (the record of ``grade``, plus ``student`` and
+``sha256``), ``.md`` and ``.html`` feedback beside it (per exercise: score and message;
+hidden cases are never described), then ``DIR/grades.csv``, ``DIR/summary.json`` and the scores in
+nbgrader's gradebook (``--gradebook``, default ``DIR/gradebook.db``) so that ``nbgrader export`` and
+formgrader show them.
+
+* Each submission is graded in its own sandbox (:mod:`autograder.runner`); one bad submission only
+  gets a bad record. A grader failure (a worker that died) becomes a ``crashed`` record too.
+* Resume: a submission whose notebook bytes and grader fingerprint (the grader's code, the manifest,
+  the hidden-case secret) match what ``DIR/.resume.json`` says of its existing record is not graded
+  again (``--force`` does). The fingerprint stays in that file, out of the records students may see:
+  it is derived from the secret.
+* Concurrency through a ``concurrent.futures.Executor``: a local process pool (``--workers N``), or
+  a ``dask.distributed`` cluster (``--dask-scheduler ADDRESS``) whose workers run the same job
+  function; records come back to this process, which alone writes files.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import multiprocessing
+import os
+import re
+import sys
+import time
+import warnings
+from concurrent.futures import Executor, ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from . import manifests
+from .grade import _record, _zero, grade_notebook
+from .report import feedback_html, feedback_markdown
+from .runner import ROOT, Limits, sandbox
+from .spec import hidden_secret
+
+RESUME = ".resume.json"  # student -> {"sha256", "grader"} of the record in DIR (the instructor's, not the students')
+CSV_FIELDS = ["student", "assignment", "status", "score", "max_score", "seconds", "submission", "message"]
+
+
+@dataclass(frozen=True)
+class Job:
+    student: str
+    assignment: str
+    path: str          # the notebook to grade, "" when the student submitted none
+    note: str          # e.g. "graded my_attention.ipynb (expected 01_attention.ipynb)"
+    sha256: str        # of the notebook's bytes ("" when none)
+
+
+def discover(submitted: Path, assignment: str) -> list[Job]:
+    """One job per ``<student>/<assignment>/`` folder, sorted by student."""
+    jobs = []
+    for folder in sorted(p for p in submitted.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        work = folder / assignment
+        if not work.is_dir():
+            continue
+        expected = work / f"{assignment}.ipynb"
+        found = sorted(p for p in work.glob("*.ipynb") if p.is_file() and not p.name.startswith("."))
+        note = ""
+        if expected.is_file():
+            path = expected
+        elif len(found) == 1:
+            path = found[0]
+            note = f"graded {path.name} (expected {expected.name})"
+        else:
+            path = None
+            note = (f"no {expected.name} in the submission" +
+                    (f" (found {', '.join(p.name for p in found[:5])})" if found else ""))
+        digest = hashlib.sha256(path.read_bytes()).hexdigest() if path else ""
+        jobs.append(Job(folder.name, assignment, str(path or ""), note, digest))
+    return jobs
+
+
+def fingerprint(assignment: str) -> str:
+    """What a record depends on besides the notebook: the grader's code and the hidden-case secret."""
+    digest = hashlib.sha256(assignment.encode())
+    for path in sorted((ROOT / "autograder").rglob("*.py")):
+        digest.update(path.relative_to(ROOT).as_posix().encode() + b"\0" + path.read_bytes())
+    digest.update(hashlib.sha256(hidden_secret().encode()).digest())
+    return digest.hexdigest()[:32]
+
+
+def grade_job(job: Job, limits: Limits) -> dict:
+    """Grade one submission (runs in a worker: a process of the pool, or a dask worker)."""
+    spec = manifests.assignment(job.assignment)
+    if not job.path:
+        record = _record(spec.notebook, Path(job.student) / job.assignment, "invalid", 0.0, job.note,
+                         _zero(spec, "missing", "not graded: " + job.note), spec.max_score)
+    else:
+        record = grade_notebook(job.path, assignment=job.assignment, limits=limits)
+        if job.note:
+            record["message"] = job.note + ("; " + record["message"] if record["message"] else "")
+    record.update(student=job.student, sha256=job.sha256)
+    return record
+
+
+def _failed(job: Job, why: str) -> dict:
+    spec = manifests.assignment(job.assignment)
+    message = f"the grader failed on this submission: {why[:300]}"
+    return _record(spec.notebook, Path(job.path or job.student), "crashed", 0.0, message,
+                   _zero(spec, "error", "not graded: " + message), spec.max_score) | {"student": job.student,
+                                                                                     "sha256": job.sha256}
+
+
+def _record_path(out: Path, job: Job) -> Path:
+    return out / job.student / f"{job.assignment}.json"
+
+
+def _write(out: Path, job: Job, record: dict) -> None:
+    target = _record_path(out, job)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    for suffix, text in ((".md", feedback_markdown(record)), (".html", feedback_html(record)),
+                         (".json", json.dumps(record, indent=2) + "\n")):  # the record last: it marks "done"
+        partial = target.with_suffix(suffix + ".partial")
+        partial.write_text(text, encoding="utf-8")
+        partial.replace(target.with_suffix(suffix))
+
+
+def _resume_state(out: Path) -> dict:
+    try:
+        state = json.loads((out / RESUME).read_text(encoding="utf-8"))
+        return state if isinstance(state, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _up_to_date(out: Path, job: Job, grader: str, state: dict) -> dict | None:
+    if state.get(job.student) != {"sha256": job.sha256, "grader": grader}:
+        return None
+    try:
+        record = json.loads(_record_path(out, job).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) and record.get("sha256") == job.sha256 else None
+
+
+def make_executor(workers: int = 2, dask_scheduler: str | None = None) -> tuple[Executor, object]:
+    """A process pool, or a dask cluster's executor (and its client, to close after)."""
+    if dask_scheduler:
+        from distributed import Client
+
+        client = Client(dask_scheduler)
+        return client.get_executor(pure=False), client
+    # forkserver, not fork: this process has run torch (the references), and a child forked from a
+    # process with a live OpenMP thread pool can hang in its first torch call.
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["autograder.classgrade"])  # imported once, before any torch op
+    return ProcessPoolExecutor(max_workers=max(1, workers), mp_context=context), None
+
+
+def _run_round(jobs: list[Job], limits: Limits, workers: int, dask_scheduler: str | None, on_done, fn) -> list[Job]:
+    """Grade ``jobs`` on one executor; returns the jobs lost because a worker process died."""
+    executor, client = make_executor(workers, dask_scheduler)
+    lost = []
+    try:
+        futures = {executor.submit(fn or grade_job, job, limits): job for job in jobs}
+        for future in as_completed(futures):
+            job = futures[future]
+            try:
+                record = future.result()
+            except BrokenProcessPool:
+                lost.append(job)
+                continue
+            except Exception as exc:  # noqa: BLE001 - a job's failure is that job's record
+                record = _failed(job, f"{type(exc).__name__}: {exc}")
+            on_done(job, record)
+    finally:
+        if isinstance(executor, ProcessPoolExecutor):
+            executor.shutdown(wait=not lost, cancel_futures=True)
+        else:
+            executor.shutdown(wait=True)
+        if client is not None:
+            client.close()
+    return lost
+
+
+def run_jobs(jobs: list[Job], limits: Limits, workers: int, dask_scheduler: str | None, on_done, fn=None) -> None:
+    """Grade ``jobs`` concurrently, calling ``on_done(job, record)`` as each finishes; never raises for a job.
+
+    When a worker process dies (the OOM killer, a bug), the pool breaks and every job in it is lost:
+    those are then tried again one at a time, each in a pool of its own, so that only the job that
+    kills its worker again gets a ``crashed`` record.
+    """
+    for job in _run_round(jobs, limits, workers, dask_scheduler, on_done, fn):
+        if _run_round([job], limits, 1, dask_scheduler, on_done, fn):
+            on_done(job, _failed(job, "its worker process died (twice, the second time alone)"))
+
+
+def write_csv(records: list[dict], path: Path, exercise_ids: list[str]) -> None:
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(CSV_FIELDS + exercise_ids)
+        for r in records:
+            scores = {e["id"]: e["score"] for e in r.get("exercises", [])}
+            writer.writerow([r.get("student", ""), r["notebook"], r["status"], r["score"], r["max_score"], r["seconds"],
+                             r["submission"], r.get("message", "")[:200]] + [scores.get(i, 0) for i in exercise_ids])
+
+
+def grade_cell_names(assignment: str) -> dict[str, str]:
+    """Exercise id -> the nbgrader ``grade_id`` of its test cell in the solution (``check("id", ...)``)."""
+    names = {}
+    try:
+        nb = json.loads((ROOT / "solutions" / f"{assignment}.ipynb").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return names
+    for cell in nb.get("cells", []):
+        meta = cell.get("metadata", {}).get("nbgrader", {})
+        found = re.search(r"""check\(\s*["']([\w.]+)["']""", "".join(cell.get("source", "")))
+        if meta.get("grade") and meta.get("grade_id") and found:
+            names.setdefault(found.group(1), meta["grade_id"])
+    return names
+
+
+def write_gradebook(records: list[dict], assignment: str, path: Path) -> None:
+    """Store the scores in nbgrader's gradebook: one autograded cell per exercise (points from the manifest)."""
+    from nbgrader.api import Gradebook, MissingEntry
+
+    spec = manifests.assignment(assignment)
+    cells = grade_cell_names(assignment)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    bin_dir = str(Path(sys.executable).parent)  # nbgrader runs `alembic` from PATH: the venv's
+    if bin_dir not in os.environ.get("PATH", "").split(os.pathsep):
+        os.environ["PATH"] = bin_dir + os.pathsep + os.environ.get("PATH", "")
+    with warnings.catch_warnings(), Gradebook(f"sqlite:///{path.resolve()}") as gb:
+        warnings.simplefilter("ignore")  # nbgrader's own SQLAlchemy autoflush warnings
+        gb.update_or_create_assignment(assignment)
+        gb.update_or_create_notebook(spec.notebook, assignment)
+        for ex in spec.exercises:
+            gb.update_or_create_grade_cell(cells.get(ex.id, ex.id), spec.notebook, assignment,
+                                           max_score=float(ex.points), cell_type="code")
+        for record in records:
+            student = record["student"]
+            gb.update_or_create_student(student)
+            try:
+                gb.find_submission(assignment, student)
+            except MissingEntry:
+                gb.add_submission(assignment, student)
+            scores = {e["id"]: float(e["score"]) for e in record.get("exercises", [])}
+            for ex in spec.exercises:
+                grade = gb.find_grade(cells.get(ex.id, ex.id), spec.notebook, assignment, student)
+                grade.auto_score = min(max(scores.get(ex.id, 0.0), 0.0), float(ex.points))
+            gb.db.commit()
+
+
+def grade_class(submitted: Path, assignment: str, out: Path, gradebook: Path | None = None, workers: int = 2,
+                dask_scheduler: str | None = None, limits: Limits | None = None, force: bool = False,
+                log=print) -> dict:
+    """Grade every submission of ``assignment`` under ``submitted``; returns the summary (also DIR/summary.json)."""
+    start = time.perf_counter()
+    spec = manifests.assignment(assignment)
+    out.mkdir(parents=True, exist_ok=True)
+    gradebook = gradebook or out / "gradebook.db"
+    limits = replace(limits or Limits(), hidden_paths=tuple(limits.hidden_paths if limits else ())
+                     + (str(submitted.resolve()), str(out.resolve()), str(gradebook.resolve())))
+    box = sandbox()
+    for note in box.notes:
+        log(f"sandbox: {note}")
+    grader = fingerprint(assignment)
+    jobs = discover(submitted, assignment)
+    records: dict[Job, dict] = {}
+    todo = []
+    state = _resume_state(out)
+    for job in jobs:
+        done = None if force else _up_to_date(out, job, grader, state)
+        if done is not None:
+            records[job] = done
+        else:
+            todo.append(job)
+    log(f"{len(jobs)} submission(s) of {assignment}: {len(jobs) - len(todo)} unchanged since graded, "
+        f"{len(todo)} to grade" + (f" on dask at {dask_scheduler}" if dask_scheduler else f" with {workers} worker(s)"))
+
+    def on_done(job: Job, record: dict) -> None:
+        _write(out, job, record)
+        records[job] = record
+        state[job.student] = {"sha256": job.sha256, "grader": grader}
+        partial = out / (RESUME + ".partial")
+        partial.write_text(json.dumps(state, indent=1), encoding="utf-8")
+        partial.replace(out / RESUME)
+        log(f"  {job.student}: {record['status']}, {record['score']:g}/{record['max_score']:g} "
+            f"in {record['seconds']:.1f} s")
+
+    run_jobs(todo, limits, workers, dask_scheduler, on_done)
+    ordered = [records[job] for job in jobs]
+    write_csv(ordered, out / "grades.csv", [ex.id for ex in spec.exercises])
+    write_gradebook(ordered, assignment, gradebook)
+    statuses: dict[str, int] = {}
+    for record in ordered:
+        statuses[record["status"]] = statuses.get(record["status"], 0) + 1
+    summary = {"assignment": assignment, "submissions": len(jobs), "graded_now": len(todo),
+               "skipped_unchanged": len(jobs) - len(todo), "statuses": statuses,
+               "seconds": round(time.perf_counter() - start, 2), "workers": workers, "dask_scheduler": dask_scheduler,
+               "gradebook": str(gradebook), "sandbox": box.describe()}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    return summary
+
+
+__all__ = ["Job", "discover", "grade_class", "grade_job", "run_jobs", "write_gradebook"]
