@@ -116,3 +116,11 @@ def test_the_test_suite_itself_is_offline():
         socket.create_connection(("93.184.216.34", 80), timeout=2)
     with pytest.raises(PermissionError):
         socket.getaddrinfo("huggingface.co", 443)
+
+
+def test_heatmap_with_and_without_labels():
+    ax = plotting.heatmap(torch.eye(3), "labelled", xlabels=["a", "b", "c"], ylabels=["x", "y", "z"], colorbar="sim")
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["a", "b", "c"] and ax.get_title() == "labelled"
+    ax = plotting.heatmap(torch.randn(32, 50), "positions", xlabel="position", ylabel="dimension", center=True)
+    low, high = ax.images[0].get_clim()
+    assert low == -high and ax.get_xlabel() == "position"

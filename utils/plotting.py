@@ -23,21 +23,6 @@ def _numpy(x) -> np.ndarray:
     return np.asarray(x)
 
 
-def heatmap(matrix, xlabels: Sequence[str], ylabels: Sequence[str], title: str, xlabel: str = "",
-            ylabel: str = "", colorbar: str = "", ax=None, vmin: float | None = None, vmax: float | None = None):
-    """A labelled matrix: one row per ``ylabels`` entry, one column per ``xlabels`` entry."""
-    matrix = _numpy(matrix)
-    ax = _axes(ax, figsize=(0.45 * len(xlabels) + 2.5, 0.45 * len(ylabels) + 1.5))
-    image = ax.imshow(matrix, cmap="viridis", vmin=vmin, vmax=vmax)
-    ax.set_xticks(range(len(xlabels)), [repr(t)[1:-1] for t in xlabels], rotation=90, fontsize=8)
-    ax.set_yticks(range(len(ylabels)), [repr(t)[1:-1] for t in ylabels], fontsize=8)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    ax.figure.colorbar(image, ax=ax, shrink=0.8, label=colorbar)
-    return ax
-
-
 def attention_heatmap(weights, tokens: Sequence[str], title: str = "Attention weights", ax=None,
                       query_tokens: Sequence[str] | None = None):
     """Heatmap of one attention matrix: row i = how query token i spreads its attention.
@@ -45,9 +30,9 @@ def attention_heatmap(weights, tokens: Sequence[str], title: str = "Attention we
     ``weights`` is ``(T_q, T_k)``; rows sum to 1. Token labels go on both axes.
     """
     weights = _numpy(weights)
-    return heatmap(weights, list(tokens), list(query_tokens) if query_tokens is not None else list(tokens), title,
-                   xlabel="key (attended to)", ylabel="query (attending)", colorbar="weight", ax=ax,
-                   vmin=0.0, vmax=max(float(weights.max()), 1e-9))
+    return heatmap(weights, title, xlabel="key (attended to)", ylabel="query (attending)", ax=ax,
+                   xlabels=list(tokens), ylabels=list(query_tokens) if query_tokens is not None else list(tokens),
+                   colorbar="weight", vmin=0.0, vmax=max(float(weights.max()), 1e-9))
 
 
 def attention_grid(weights, tokens: Sequence[str], titles: Sequence[str], ncols: int = 4,
@@ -117,18 +102,31 @@ def line_plot(x, ys: dict, title: str, xlabel: str, ylabel: str, ax=None, logx: 
     return ax
 
 
-def heatmap(matrix, title: str, xlabel: str, ylabel: str, ax=None, cmap: str = "viridis",
-            center: bool = False, colorbar_label: str = "value"):
-    """A matrix as an image (rows on the y axis); ``center=True`` makes the colour scale symmetric around 0."""
+def heatmap(matrix, title: str, xlabel: str = "", ylabel: str = "", ax=None, xlabels: Sequence[str] | None = None,
+            ylabels: Sequence[str] | None = None, colorbar: str = "value", cmap: str = "viridis",
+            center: bool = False, vmin: float | None = None, vmax: float | None = None):
+    """A matrix as an image, rows on the y axis, with a titled colour bar.
+
+    ``xlabels``/``ylabels`` name the columns/rows (tokens, sentences); without them the matrix may be
+    large and the axes show indices. ``center=True`` makes the colour scale symmetric around 0.
+    """
     matrix = _numpy(matrix)
-    ax = _axes(ax, figsize=(7, 4))
-    limit = float(np.abs(matrix).max()) or 1.0
-    kwargs = {"vmin": -limit, "vmax": limit} if center else {}
-    image = ax.imshow(matrix, cmap=cmap, aspect="auto", interpolation="nearest", **kwargs)
+    labelled = xlabels is not None and ylabels is not None
+    size = (0.45 * len(xlabels) + 2.5, 0.45 * len(ylabels) + 1.5) if labelled else (7, 4)
+    ax = _axes(ax, figsize=size)
+    if center:
+        limit = float(np.abs(matrix).max()) or 1.0
+        vmin, vmax = -limit, limit
+    image = ax.imshow(matrix, cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest",
+                      aspect="equal" if labelled else "auto")
+    if xlabels is not None:
+        ax.set_xticks(range(len(xlabels)), [repr(t)[1:-1] for t in xlabels], rotation=90, fontsize=8)
+    if ylabels is not None:
+        ax.set_yticks(range(len(ylabels)), [repr(t)[1:-1] for t in ylabels], fontsize=8)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
-    ax.figure.colorbar(image, ax=ax, shrink=0.8, label=colorbar_label)
+    ax.figure.colorbar(image, ax=ax, shrink=0.8, label=colorbar)
     return ax
 
 
