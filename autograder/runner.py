@@ -454,8 +454,6 @@ def run(nb: nbformat.NotebookNode, assignment: Assignment, limits: Limits, param
             except Exception:  # noqa: BLE001 - a damaged output notebook only loses detail
                 executed_nb = None
         tail = _log_tail(log)
-        if os.environ.get("AUTOGRADER_DEBUG_LOG"):
-            shutil.copyfile(log, os.environ["AUTOGRADER_DEBUG_LOG"])
         if timed_out:
             return Execution("timeout", seconds, f"the notebook ran longer than {limits.total_timeout} s and was stopped",
                              notebook=executed_nb)
