@@ -65,8 +65,39 @@ def mismatch(expected: dict, got: dict, atol: float, rtol: float) -> str | None:
     return None
 
 
+def expect_array(got: dict, key: str, kind: str, shape: tuple | None = None) -> str | None:
+    """Why ``got[key]`` is not an array of ``kind`` (``"int"``, ``"float"`` or ``"bool"``) and ``shape``.
+
+    The first check of a judge: after it, the judge may index the array freely.
+
+    >>> expect_array({"x": np.zeros((2, 3), np.int64)}, "x", "int", (2, 3)) is None
+    True
+    >>> expect_array({"x": np.zeros(3)}, "x", "int")
+    '`x` has dtype float64, expected integers'
+    """
+    if key not in got:
+        return f"no `{key}` was returned"
+    have = got[key]
+    if type(have) is not np.ndarray:
+        return f"`{key}` is a {type(have).__name__}, not an array"
+    kinds = {"int": ("iu", "integers"), "float": ("f", "floats"), "bool": ("b", "True/False")}[kind]
+    if have.dtype.kind not in kinds[0]:
+        return f"`{key}` has dtype {have.dtype}, expected {kinds[1]}"
+    if shape is not None and have.shape != tuple(shape):
+        return f"`{key}` has shape {tuple(have.shape)}, expected {tuple(shape)}"
+    if kind == "float" and not np.isfinite(have).all():
+        return f"`{key}` contains NaN or Inf"
+    return None
+
+
 def diagnose(exercise: Exercise, inputs: Inputs, got: dict) -> tuple[bool, str | None, str | None]:
     """``(passed, reason, hint)`` for one case: the reason it failed and the known mistake it matches."""
+    if exercise.judge is not None:
+        try:
+            reason, hint = exercise.judge(inputs, got)
+        except Exception as error:  # untrusted arrays of a shape the judge did not foresee
+            reason, hint = f"the outputs could not be checked ({type(error).__name__}: {str(error)[:200]})", None
+        return reason is None, reason, hint
     reason = mismatch(exercise.reference(inputs), got, exercise.atol, exercise.rtol)
     if reason is None:
         return True, None, None

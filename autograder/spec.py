@@ -15,6 +15,12 @@ A manifest (one module per notebook in ``autograder/manifests/``) is plain Pytho
 ``Detector.produce(inputs) -> dict``
     A known wrong answer (unscaled attention, an inverted mask, ...). If the learner's output
     matches it, the feedback names the mistake instead of saying only "wrong".
+
+A *random* exercise (masking tokens, drawing batches) has no single right output, so instead of a
+``reference`` it has a ``judge(inputs, outputs) -> (reason, hint)``: ``call`` draws many seeded
+samples, and the judge checks exact invariants on every sample and statistics over all of them
+(each with a stated tolerance of several standard deviations), returning ``(None, None)`` when
+they all hold.
 """
 from __future__ import annotations
 
@@ -64,9 +70,10 @@ class Exercise:
     points: float
     make_inputs: Callable[[dict, np.random.Generator], Inputs]
     call: Callable[[Callable, Inputs], Outputs]
-    reference: Callable[[Inputs], Outputs]
+    reference: Callable[[Inputs], Outputs] | None   # None for a judged (random) exercise
     cases: tuple[Case, ...]
     detectors: tuple[Detector, ...] = ()
+    judge: Callable[[Inputs, dict], tuple[str | None, str | None]] | None = None
     atol: float = 1e-5
     rtol: float = 1e-4
     summary: str = ""       # one line for feedback: what the exercise asks for
@@ -77,6 +84,8 @@ class Exercise:
             raise ValueError(f"{self.id}: duplicate case names {names}")
         if not any(not case.hidden for case in self.cases):
             raise ValueError(f"{self.id}: needs at least one public case for the self-check")
+        if (self.reference is None) == (self.judge is None):
+            raise ValueError(f"{self.id}: give exactly one of `reference` and `judge`")
 
     def public_cases(self) -> list[Case]:
         return [case for case in self.cases if not case.hidden]

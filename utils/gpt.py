@@ -24,7 +24,9 @@ True
 """
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -32,7 +34,11 @@ import torch.nn.functional as F
 
 
 class LayerNorm(nn.Module):
-    """Normalise the last axis to mean 0, variance 1 (biased), then scale and shift: (..., d) -> (..., d)."""
+    """Normalise the last axis to mean 0, variance 1 (biased), then scale and shift: (..., d) -> (..., d).
+
+    ``forward`` calls PyTorch's fused kernel (one pass over memory, ~1.5x faster training of the
+    small models of notebook 04); ``forward_manual`` is the same formula written out, as in notebook 02.
+    """
 
     def __init__(self, d: int, eps: float = 1e-5):
         super().__init__()
@@ -41,13 +47,17 @@ class LayerNorm(nn.Module):
         self.bias = nn.Parameter(torch.zeros(d))
 
     def forward(self, x):
-        mean = x.mean(-1, keepdim=True)
-        var = x.var(-1, keepdim=True, unbiased=False)
+        return F.layer_norm(x, x.shape[-1:], self.weight, self.bias, self.eps)
+
+    def forward_manual(self, x):
+        mean = x.mean(-1, keepdim=True)                                 # (..., 1)
+        var = x.var(-1, keepdim=True, unbiased=False)                   # (..., 1)
         return (x - mean) / torch.sqrt(var + self.eps) * self.weight + self.bias
 
 
 def gelu_tanh(x):
-    """GPT-2's GELU: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))."""
+    """GPT-2's GELU: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))); ``FeedForward`` uses the fused
+    ``F.gelu(x, approximate="tanh")``, which computes the same."""
     return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x.pow(3))))
 
 
@@ -60,7 +70,7 @@ class FeedForward(nn.Module):
         self.proj = nn.Linear(d_ff, d_model)
 
     def forward(self, x):
-        return self.proj(gelu_tanh(self.fc(x)))
+        return self.proj(F.gelu(self.fc(x), approximate="tanh"))      # = gelu_tanh, fused
 
 
 class CausalSelfAttention(nn.Module):
@@ -132,6 +142,8 @@ class GPT(nn.Module):
     def __init__(self, vocab_size: int, n_positions: int, d_model: int, n_layers: int, n_heads: int):
         super().__init__()
         self.n_positions = n_positions
+        self.config = {"vocab_size": vocab_size, "n_positions": n_positions, "d_model": d_model,
+                       "n_layers": n_layers, "n_heads": n_heads}
         self.wte = nn.Embedding(vocab_size, d_model)
         self.wpe = nn.Embedding(n_positions, d_model)
         self.blocks = nn.ModuleList(TransformerBlock(d_model, n_heads) for _ in range(n_layers))
@@ -161,6 +173,57 @@ class GPT(nn.Module):
         for block in self.blocks:
             x = block(x)
         return self.lm_head(self.ln_f(x))                               # (B, T, V)
+
+    # ---- checkpoints in the layout of the Hugging Face hub: a folder with config.json + model.safetensors
+
+    def save_pretrained(self, folder) -> Path:
+        """Write ``config.json`` (the constructor's arguments) and ``model.safetensors`` into ``folder``."""
+        from safetensors.torch import save_model
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "config.json").write_text(json.dumps({"architecture": "GPT", **self.config}, indent=2))
+        save_model(self, str(folder / "model.safetensors"))  # stores the tied wte/lm_head matrix once
+        return folder
+
+    @classmethod
+    def from_pretrained(cls, folder) -> "GPT":
+        """Rebuild a model saved with :meth:`save_pretrained`: the config gives its shape, the file its weights.
+
+        >>> import tempfile
+        >>> model = GPT(vocab_size=11, n_positions=8, d_model=16, n_layers=1, n_heads=2)
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     copy = GPT.from_pretrained(model.save_pretrained(folder))
+        >>> ids = torch.tensor([[1, 2, 3]])
+        >>> torch.equal(model(ids), copy(ids))
+        True
+        """
+        from safetensors.torch import load_model
+
+        folder = Path(folder)
+        config = json.loads((folder / "config.json").read_text())
+        if config.pop("architecture", "GPT") != "GPT":
+            raise ValueError(f"{folder} does not hold a GPT checkpoint")
+        model = cls(**config)
+        load_model(model, str(folder / "model.safetensors"))
+        return model.eval()
+
+    @torch.no_grad()
+    def generate(self, ids, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
+                 generator: torch.Generator | None = None):
+        """Sample ``max_new_tokens`` tokens after ``ids`` (B, T): (B, T) -> (B, T + max_new_tokens).
+
+        Each step feeds the last ``n_positions`` tokens (the context window), divides the last
+        logits by ``temperature``, keeps the ``top_k`` best and samples (notebook 05 explains why).
+        """
+        for _ in range(max_new_tokens):
+            logits = self(ids[:, -self.n_positions:])[:, -1, :] / temperature   # (B, V)
+            if top_k is not None:
+                kth = torch.topk(logits, min(top_k, logits.shape[-1])).values[:, -1:]  # (B, 1)
+                logits = logits.masked_fill(logits < kth, float("-inf"))
+            next_id = torch.multinomial(torch.softmax(logits, -1), 1, generator=generator)  # (B, 1)
+            ids = torch.cat([ids, next_id], dim=1)
+        return ids
 
 
 def load_gpt2_weights(model: nn.Module, hf_state_dict: dict) -> nn.Module:

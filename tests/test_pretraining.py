@@ -1,0 +1,245 @@
+"""Notebook 04's grading and ``utils.training``, without running the notebook.
+
+The random exercises are judged by invariants and statistics, so two things must hold: a correct
+implementation passes every case whatever the hidden seed (no flaky grades), and each known wrong
+implementation fails with the hint that names its mistake. The solution notebook's own functions
+are the correct implementations; the wrong ones are written here.
+"""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from autograder.compare import diagnose
+from autograder.harness import run_case
+from autograder.manifests import assignment, exercise
+from benchmarks.common import solution_namespace
+from utils.gpt import GPT
+from utils.training import CharTokenizer, History, estimate_loss, get_batch, lr_at, train
+
+ASSIGNMENT = assignment("04_pretraining")
+
+
+@pytest.fixture(scope="module")
+def solution():
+    return solution_namespace("04_pretraining")
+
+
+def outcomes(ex, fn):
+    """(case name, passed, message) for every case, hidden ones included, as the grader sees them."""
+    results = []
+    for case in ex.cases:
+        inputs = ex.inputs(case)
+        outputs, report = run_case(fn, ex.call, inputs)
+        if report["status"] != "ok":
+            results.append((case.name, False, report["message"]))
+            continue
+        passed, reason, hint = diagnose(ex, inputs, outputs)
+        results.append((case.name, passed, f"{reason}. Hint: {hint}"))
+    return results
+
+
+@pytest.mark.parametrize("secret", ["llm-course-default-secret", "a", "b", "c", "d"])
+def test_the_solutions_pass_every_case_whatever_the_hidden_seed(solution, monkeypatch, secret):
+    """Five hidden seeds: a statistical judge that flaked one time in a few would show up here."""
+    monkeypatch.setenv("AUTOGRADER_SECRET", secret)
+    for ex in ASSIGNMENT.exercises:
+        failures = [(name, message) for name, passed, message in outcomes(ex, solution[ex.callable]) if not passed]
+        assert not failures, (ex.id, failures)
+
+
+def test_utils_reference_functions_pass_the_same_grading():
+    """`utils.training` trains the benchmark and notebook models: it meets the learners' contract."""
+    for ex_id, fn in (("pretraining.get_batch", get_batch), ("pretraining.lr_at", lr_at)):
+        assert all(passed for _, passed, _ in outcomes(exercise(ex_id), fn)), ex_id
+
+
+# ----------------------------------------------------------------------------- wrong implementations
+
+def loss_no_shift(logits, input_ids):
+    return F.cross_entropy(logits.flatten(0, 1), input_ids.flatten(), ignore_index=-100)
+
+
+def loss_per_sequence(logits, input_ids):
+    per_token = F.cross_entropy(logits[:, :-1].transpose(1, 2), input_ids[:, 1:], reduction="none", ignore_index=-100)
+    real = (input_ids[:, 1:] != -100).float()
+    return ((per_token * real).sum(1) / real.sum(1)).mean()
+
+
+def loss_detached(logits, input_ids):
+    return torch.tensor(F.cross_entropy(logits[:, :-1].flatten(0, 1), input_ids[:, 1:].flatten()).item())
+
+
+def mask_all_with_mask_token(input_ids, mask_token_id, vocab_size, mlm_probability=0.15, generator=None,
+                             special_token_ids=()):
+    special = torch.isin(input_ids, torch.tensor(list(special_token_ids)))
+    chosen = (torch.rand(input_ids.shape, generator=generator) < mlm_probability) & ~special
+    return torch.where(chosen, mask_token_id, input_ids), torch.where(chosen, input_ids, -100)
+
+
+def mask_specials_too(input_ids, mask_token_id, vocab_size, mlm_probability=0.15, generator=None,
+                      special_token_ids=()):
+    chosen = torch.rand(input_ids.shape, generator=generator) < mlm_probability
+    draw = torch.rand(input_ids.shape, generator=generator)
+    random_ids = torch.randint(vocab_size, input_ids.shape, generator=generator)
+    inputs = torch.where(chosen & (draw < 0.8), mask_token_id, input_ids)
+    inputs = torch.where(chosen & (draw >= 0.8) & (draw < 0.9), random_ids, inputs)
+    return inputs, torch.where(chosen, input_ids, -100)
+
+
+def mask_global_rng(input_ids, mask_token_id, vocab_size, mlm_probability=0.15, generator=None, special_token_ids=()):
+    return mask_specials_too(input_ids, mask_token_id, vocab_size, mlm_probability, None, ())
+
+
+def mask_labels_only_masked(input_ids, mask_token_id, vocab_size, mlm_probability=0.15, generator=None,
+                            special_token_ids=()):
+    special = torch.isin(input_ids, torch.tensor(list(special_token_ids)))
+    chosen = (torch.rand(input_ids.shape, generator=generator) < mlm_probability) & ~special
+    draw = torch.rand(input_ids.shape, generator=generator)
+    inputs = torch.where(chosen & (draw < 0.8), mask_token_id, input_ids)
+    inputs = torch.where(chosen & (draw >= 0.8) & (draw < 0.9),
+                         torch.randint(vocab_size, input_ids.shape, generator=generator), inputs)
+    return inputs, torch.where(chosen & (draw < 0.8), input_ids, -100)
+
+
+def batch_off_by_one(data, block_size, batch_size, generator=None):
+    starts = torch.randint(len(data) - block_size - 1, (batch_size,), generator=generator)
+    return (torch.stack([data[i:i + block_size] for i in starts]),
+            torch.stack([data[i + 1:i + 1 + block_size] for i in starts]))
+
+
+def batch_y_equals_x(data, block_size, batch_size, generator=None):
+    starts = torch.randint(len(data) - block_size, (batch_size,), generator=generator)
+    x = torch.stack([data[i:i + block_size] for i in starts])
+    return x, x.clone()
+
+
+def batch_always_start(data, block_size, batch_size, generator=None):
+    x = data[:block_size].repeat(batch_size, 1)
+    return x, data[1:block_size + 1].repeat(batch_size, 1)
+
+
+def lr_to_zero(step, warmup, total, max_lr, min_lr):
+    return lr_at(step, warmup, total, max_lr, 0.0) if step < total else 0.0
+
+
+def lr_cosine_from_zero(step, warmup, total, max_lr, min_lr):
+    if step < warmup:
+        return max_lr * step / warmup
+    return min_lr + (max_lr - min_lr) * 0.5 * (1 + math.cos(math.pi * min(step / total, 1.0)))
+
+
+def span_fixed_positions(input_ids, noise_density=0.15, mean_span_length=3.0, sentinel_ids=(), generator=None):
+    """Always the same spans, evenly spaced: every invariant holds, the randomness does not."""
+    L = len(input_ids)
+    n_noise = min(max(round(L * noise_density), 1), L - 1)
+    n_spans = min(max(round(n_noise / mean_span_length), 1), n_noise, L - n_noise)
+    noise = [n_noise // n_spans + (i < n_noise % n_spans) for i in range(n_spans)]
+    kept = [(L - n_noise) // n_spans + (i < (L - n_noise) % n_spans) for i in range(n_spans)]
+    encoder, decoder, position = [], [], 0
+    for i, (k, n) in enumerate(zip(kept, noise)):
+        encoder += input_ids[position:position + k].tolist() + [sentinel_ids[i]]
+        decoder += [sentinel_ids[i]] + input_ids[position + k:position + k + n].tolist()
+        position += k + n
+    return torch.tensor(encoder), torch.tensor(decoder + [sentinel_ids[n_spans]])
+
+
+def span_no_closing_sentinel(input_ids, noise_density=0.15, mean_span_length=3.0, sentinel_ids=(), generator=None):
+    from benchmarks.common import solution_namespace
+
+    encoder, decoder = solution_namespace("04_pretraining")["span_corrupt"](
+        input_ids, noise_density, mean_span_length, sentinel_ids, generator)
+    return encoder, decoder[:-1]
+
+
+WRONG = [
+    ("pretraining.causal_lm_loss", loss_no_shift, "NEXT token"),
+    ("pretraining.causal_lm_loss", loss_per_sequence, "averaged each sequence"),
+    ("pretraining.causal_lm_loss", loss_detached, "still connected"),
+    ("pretraining.mask_tokens", mask_all_with_mask_token, "80%"),
+    ("pretraining.mask_tokens", mask_specials_too, "never mask special tokens"),
+    ("pretraining.mask_tokens", mask_global_rng, "generator"),
+    ("pretraining.mask_tokens", mask_labels_only_masked, "must be predicted"),
+    ("pretraining.get_batch", batch_off_by_one, "exclusive"),
+    ("pretraining.get_batch", batch_y_equals_x, "NEXT tokens"),
+    ("pretraining.get_batch", batch_always_start, "randint"),
+    ("pretraining.lr_at", lr_to_zero, "not 0"),
+    ("pretraining.lr_at", lr_cosine_from_zero, "where the warm-up ends"),
+    ("pretraining.span_corrupt", span_fixed_positions, "random"),
+    ("pretraining.span_corrupt", span_no_closing_sentinel, "decoder_target"),
+]
+
+
+@pytest.mark.parametrize("ex_id, fn, hint", WRONG, ids=[fn.__name__ for _, fn, _ in WRONG])
+def test_known_mistakes_fail_with_their_hint(ex_id, fn, hint):
+    results = outcomes(exercise(ex_id), fn)
+    assert not all(passed for _, passed, _ in results), results   # some mistakes only show on some inputs
+    assert any(hint in message for _, _, message in results), results
+
+
+def test_a_judge_never_crashes_on_garbage():
+    """Untrusted arrays of any shape or type become a failed case with a reason, not an exception."""
+    ex = exercise("pretraining.span_corrupt")
+    inputs = ex.inputs(ex.cases[0])
+    import numpy as np
+
+    for got in ({}, {"encoder_input": np.zeros(3)}, {"encoder_input": np.zeros((200, 57), np.int64),
+                                                      "decoder_target": np.full((200, 14), 10**12)}):
+        passed, reason, _ = diagnose(ex, inputs, got)
+        assert not passed and reason
+
+
+# ----------------------------------------------------------------------------- utils.training
+
+
+def test_lr_at_matches_transformers_schedule():
+    from transformers.optimization import get_cosine_with_min_lr_schedule_with_warmup
+
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=2e-3)
+    schedule = get_cosine_with_min_lr_schedule_with_warmup(optimizer, 10, 50, min_lr=2e-4)
+    for step in range(50):
+        assert lr_at(step, 10, 50, 2e-3, 2e-4) == pytest.approx(2e-3 * schedule.lr_lambdas[0](step), abs=1e-12)
+
+
+def test_train_lowers_the_loss_and_respects_a_time_budget():
+    torch.manual_seed(0)
+    text = "to be or not to be that is the question " * 50
+    tok = CharTokenizer(text)
+    data = torch.tensor(tok.encode(text))
+    model = GPT(tok.vocab_size, n_positions=16, d_model=32, n_layers=1, n_heads=2)
+    generator = torch.Generator().manual_seed(0)
+    before = estimate_loss(model, data, 16, n_batches=4)
+    history = train(model, lambda step: get_batch(data, 16, 8, generator), steps=150, max_lr=1e-2, warmup=10,
+                    evaluate=lambda: estimate_loss(model, data, 16, n_batches=4), eval_every=50, progress=False)
+    assert isinstance(history, History) and len(history.steps) == 150
+    assert history.val_steps == [50, 100, 149]
+    assert history.final_val < 0.5 * before            # a repeated sentence is easy to learn
+    assert history.lrs[0] == 0.0 and history.lrs[10] == pytest.approx(1e-2)
+    assert history.lrs[-1] == pytest.approx(1e-3, rel=0.05)   # the cosine ends at min_lr = max_lr / 10
+    timed = train(model, lambda step: get_batch(data, 16, 8, generator), steps=10**6, seconds=0.5, max_lr=1e-3,
+                  progress=False)
+    assert 0.5 <= timed.seconds < 1.5 and len(timed.steps) < 10**6
+    assert timed.lrs[-1] < 0.3 * max(timed.lrs)       # the clock-driven cosine has nearly reached its floor
+
+
+def test_gpt_checkpoint_round_trip(tmp_path):
+    model = GPT(vocab_size=20, n_positions=8, d_model=16, n_layers=2, n_heads=2)
+    folder = model.save_pretrained(tmp_path / "ckpt")
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors"]
+    copy = GPT.from_pretrained(folder)
+    ids = torch.randint(0, 20, (2, 8))
+    assert torch.equal(model.eval()(ids), copy(ids))
+    assert copy.lm_head.weight is copy.wte.weight          # tying survives the round trip
+    (folder / "config.json").write_text('{"architecture": "BERT"}')
+    with pytest.raises(ValueError, match="GPT checkpoint"):
+        GPT.from_pretrained(folder)
+
+
+def test_char_tokenizer_refuses_unknown_characters():
+    tok = CharTokenizer("abc", specials=["[MASK]"])
+    assert tok.decode(tok.encode("cab")) == "cab" and tok.token_id("[MASK]") == 3
+    with pytest.raises(ValueError, match="not in the vocabulary"):
+        tok.encode("abz")

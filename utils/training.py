@@ -1,0 +1,258 @@
+"""Pretraining, shared by notebook 04 and ``benchmarks/pretrain_char.py``.
+
+Why a shared loop: every model in notebook 04 (a causal GPT, a masked-LM encoder, a T5-style
+encoder-decoder, the models of the scaling plot) trains with the same ingredients, and only what a
+batch is and how its loss is computed change. So the loop takes those two as arguments:
+
+* ``next_batch(step) -> batch``            where the data comes from (``get_batch`` for a GPT);
+* ``loss_fn(model, batch) -> loss``        what the objective is (next-token cross-entropy by default).
+
+Everything else is the recipe of GPT-style pretraining: AdamW with weight decay on matrices only,
+linear warm-up then cosine decay of the learning rate (:func:`lr_at`), gradient clipping, periodic
+validation, a progress bar and, in a notebook, a loss curve that redraws as it trains.
+
+>>> tok = CharTokenizer("to be or not to be")
+>>> tok.decode(tok.encode("be not"))
+'be not'
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+
+class CharTokenizer:
+    """Every distinct character is a token; special tokens (``"[MASK]"``, ``"<extra_id_0>"``) follow.
+
+    The vocabulary is the sorted characters of ``text``, so the same text always gives the same ids.
+
+    >>> tok = CharTokenizer("hello", specials=["[MASK]"])
+    >>> tok.chars                     # ids 0..3
+    ['e', 'h', 'l', 'o']
+    >>> tok.encode("hole")
+    [1, 3, 2, 0]
+    >>> tok.token_id("[MASK]"), tok.vocab_size
+    (4, 5)
+    >>> tok.decode([1, 0, 2, 4, 3])   # a special token decodes to its name
+    'hel[MASK]o'
+    """
+
+    def __init__(self, text: str, specials: Sequence[str] = ()):
+        self.chars = sorted(set(text))
+        self.specials = list(specials)
+        self.itos = self.chars + self.specials
+        self.stoi = {s: i for i, s in enumerate(self.itos)}
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.itos)
+
+    def token_id(self, token: str) -> int:
+        return self.stoi[token]
+
+    def encode(self, text: str) -> list[int]:
+        unknown = sorted(set(text) - set(self.chars))
+        if unknown:
+            raise ValueError(f"characters not in the vocabulary: {unknown[:10]}")
+        return [self.stoi[c] for c in text]
+
+    def decode(self, ids) -> str:
+        return "".join(self.itos[int(i)] for i in ids)
+
+
+def char_dataset(max_chars: int | None = None, val_fraction: float = 0.1, specials: Sequence[str] = ()):
+    """Character-level Shakespeare: ``(tokenizer, train_ids, val_ids)`` as 1-D LongTensors.
+
+    The split is by position, like nanoGPT's: the first 90 % of the text trains and the last 10 %
+    (different plays) validates, so validation measures generalisation to unseen text.
+    """
+    from .assets import shakespeare_text
+
+    text = shakespeare_text(max_chars)
+    tokenizer = CharTokenizer(text, specials)
+    data = torch.tensor(tokenizer.encode(text), dtype=torch.long)   # (N,)
+    n_train = int((1 - val_fraction) * len(data))
+    return tokenizer, data[:n_train], data[n_train:]
+
+
+def get_batch(data: torch.Tensor, block_size: int, batch_size: int, generator: torch.Generator | None = None):
+    """``batch_size`` random windows of a 1-D token tensor: inputs ``x`` and next-token targets ``y``.
+
+    Every start in ``[0, len(data) - block_size - 1]`` is equally likely; ``y`` is ``x`` one step on.
+
+    >>> x, y = get_batch(torch.arange(10), block_size=4, batch_size=2, generator=torch.Generator().manual_seed(0))
+    >>> x.shape, bool((x[:, 1:] == y[:, :-1]).all()), bool((y - x == 1).all())
+    (torch.Size([2, 4]), True, True)
+    """
+    starts = torch.randint(len(data) - block_size, (batch_size,), generator=generator)  # (B,)
+    offsets = torch.arange(block_size)                                                  # (T,)
+    index = starts[:, None] + offsets                                                   # (B, T)
+    return data[index], data[index + 1]
+
+
+def lr_at(step: int, warmup: int, total: int, max_lr: float, min_lr: float) -> float:
+    """Linear warm-up from 0 to ``max_lr`` over ``warmup`` steps, then half a cosine down to ``min_lr``
+    at ``total``; ``min_lr`` after that. The same numbers as ``transformers``'
+    ``get_cosine_with_min_lr_schedule_with_warmup``.
+
+    >>> [round(lr_at(s, warmup=2, total=6, max_lr=1.0, min_lr=0.1), 3) for s in range(8)]
+    [0.0, 0.5, 1.0, 0.868, 0.55, 0.232, 0.1, 0.1]
+    """
+    if step < warmup:
+        return max_lr * step / warmup
+    if step >= total:
+        return min_lr
+    progress = (step - warmup) / max(1, total - warmup)                # 0 -> 1
+    return min_lr + (max_lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def next_token_loss(model, batch) -> torch.Tensor:
+    """The causal objective on a ``(x, y)`` batch: cross-entropy of ``model(x)`` against ``y``."""
+    x, y = batch
+    logits = model(x)                                                   # (B, T, V)
+    return F.cross_entropy(logits.flatten(0, 1), y.flatten())          # (B*T, V) against (B*T,)
+
+
+@torch.no_grad()
+def estimate_loss(model, data: torch.Tensor, block_size: int, batch_size: int = 32, n_batches: int = 20,
+                  seed: int = 1234, loss_fn: Callable = next_token_loss) -> float:
+    """Mean loss over ``n_batches`` windows drawn with a fixed seed: the same windows every call,
+    so two models (or two points of one run) are compared on the same text."""
+    was_training = model.training
+    model.eval()
+    generator = torch.Generator().manual_seed(seed)
+    total = 0.0
+    for _ in range(n_batches):
+        total += float(loss_fn(model, get_batch(data, block_size, batch_size, generator)))
+    model.train(was_training)
+    return total / n_batches
+
+
+def adamw(model: torch.nn.Module, lr: float, weight_decay: float = 0.1, betas=(0.9, 0.99)) -> torch.optim.AdamW:
+    """AdamW that decays matrices (and embeddings) but not biases or normalisation gains, as GPT-2 did."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=lr, betas=betas)
+
+
+@dataclass
+class History:
+    """What a run measured: per-step training loss and learning rate, and the validation points."""
+
+    steps: list[int] = field(default_factory=list)
+    losses: list[float] = field(default_factory=list)
+    lrs: list[float] = field(default_factory=list)
+    val_steps: list[int] = field(default_factory=list)
+    val_losses: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def final_val(self) -> float:
+        return self.val_losses[-1] if self.val_losses else float("nan")
+
+
+def train(model: torch.nn.Module, next_batch: Callable[[int], object], *, steps: int, max_lr: float,
+          min_lr: float | None = None, warmup: int = 0, seconds: float | None = None, clock_schedule: bool = True,
+          loss_fn: Callable = next_token_loss, evaluate: Callable[[], float] | None = None,
+          eval_every: int = 0, weight_decay: float = 0.1, betas=(0.9, 0.99), grad_clip: float = 1.0,
+          lr_schedule: Callable = lr_at, progress: bool = True, live_plot: bool = False,
+          title: str = "Training loss") -> History:
+    """Train ``model`` in place for ``steps`` steps (or until ``seconds`` have passed) and return its History.
+
+    With ``seconds`` the schedule runs on the clock: ``total`` becomes the number of steps that fit
+    in the budget at the pace so far, so the cosine reaches ``min_lr`` when the time is up, however
+    fast the machine is (``steps`` is then only an upper bound). ``clock_schedule=False`` keeps the
+    step schedule and only stops at ``seconds``.
+    ``evaluate()`` (a validation loss) runs every ``eval_every`` steps and once at the end.
+    """
+    from tqdm.auto import tqdm
+
+    min_lr = max_lr / 10 if min_lr is None else min_lr
+    optimizer = adamw(model, max_lr, weight_decay, betas)
+    history = History()
+    plot = LiveLoss(title) if live_plot else None
+    model.train()
+    start = time.perf_counter()
+    bar = tqdm(range(steps), disable=not progress, desc="training", leave=False)
+    for step in bar:
+        elapsed = time.perf_counter() - start
+        if seconds is not None and elapsed >= seconds:
+            break
+        total = steps
+        if seconds is not None and clock_schedule and step > 0:
+            total = min(steps, max(step + 1, warmup + 1, round(step * seconds / elapsed)))  # steps that fit, at this pace
+        lr = lr_schedule(step, warmup, total, max_lr, min_lr)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        loss = loss_fn(model, next_batch(step))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)   # one bad batch cannot blow up the weights
+        optimizer.step()
+        history.steps.append(step)
+        history.losses.append(loss.item())
+        history.lrs.append(lr)
+        if evaluate is not None and eval_every and step > 0 and step % eval_every == 0:
+            history.val_steps.append(step)
+            history.val_losses.append(evaluate())
+            bar.set_postfix(loss=f"{history.losses[-1]:.3f}", val=f"{history.val_losses[-1]:.3f}")
+            if plot:
+                plot.update(history)
+    history.seconds = time.perf_counter() - start
+    if evaluate is not None and (not history.val_steps or history.val_steps[-1] != history.steps[-1]):
+        history.val_steps.append(history.steps[-1] if history.steps else 0)
+        history.val_losses.append(evaluate())
+    if plot:
+        plot.update(history)
+        plot.close()
+    bar.close()
+    return history
+
+
+class LiveLoss:
+    """A loss curve that redraws in place in a notebook (one output, updated through its display id)."""
+
+    def __init__(self, title: str = "Training loss"):
+        import matplotlib.pyplot as plt
+        from IPython.display import display
+
+        self.fig, self.ax = plt.subplots(figsize=(6, 3.5))
+        self.title = title
+        self.handle = display(self.fig, display_id=True)
+
+    def update(self, history: History) -> None:
+        from .plotting import loss_curve
+
+        self.ax.clear()
+        loss_curve(history.steps, smooth(history.losses), history.val_steps, history.val_losses,
+                   title=self.title, ax=self.ax)
+        if self.handle is not None:
+            self.handle.update(self.fig)
+
+    def close(self) -> None:
+        import matplotlib.pyplot as plt
+
+        plt.close(self.fig)
+
+
+def smooth(values: Sequence[float], window: int = 20) -> list[float]:
+    """Running mean over the last ``window`` values: a noisy per-step loss becomes readable.
+
+    >>> smooth([1.0, 3.0, 5.0], window=2)
+    [1.0, 2.0, 4.0]
+    """
+    out, total = [], 0.0
+    for i, value in enumerate(values):
+        total += value
+        if i >= window:
+            total -= values[i - window]
+        out.append(total / min(i + 1, window))
+    return out
