@@ -17,8 +17,8 @@ from autograder.compare import diagnose
 from autograder.harness import run_case
 from autograder.manifests import assignment, exercise
 from benchmarks.common import solution_namespace
-from utils.gpt import GPT
-from utils.training import CharTokenizer, History, estimate_loss, get_batch, lr_at, train
+from utils.gpt import GPT, ModernGPT
+from utils.training import CharTokenizer, History, estimate_loss, get_batch, lr_at, orthogonalize, train
 
 ASSIGNMENT = assignment("04_pretraining")
 
@@ -225,17 +225,50 @@ def test_train_lowers_the_loss_and_respects_a_time_budget():
     assert timed.lrs[-1] < 0.3 * max(timed.lrs)       # the clock-driven cosine has nearly reached its floor
 
 
-def test_gpt_checkpoint_round_trip(tmp_path):
-    model = GPT(vocab_size=20, n_positions=8, d_model=16, n_layers=2, n_heads=2)
+@pytest.mark.parametrize("cls", [GPT, ModernGPT])
+def test_checkpoint_round_trip(tmp_path, cls):
+    torch.manual_seed(0)
+    model = cls(vocab_size=20, n_positions=8, d_model=16, n_layers=2, n_heads=2)
+    for p in model.parameters():                            # ModernGPT starts with zero projections
+        p.data.add_(0.01 * torch.randn_like(p))
     folder = model.save_pretrained(tmp_path / "ckpt")
     assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors"]
-    copy = GPT.from_pretrained(folder)
+    copy = cls.from_pretrained(folder)
     ids = torch.randint(0, 20, (2, 8))
     assert torch.equal(model.eval()(ids), copy(ids))
     assert copy.lm_head.weight is copy.wte.weight          # tying survives the round trip
-    (folder / "config.json").write_text('{"architecture": "BERT"}')
-    with pytest.raises(ValueError, match="GPT checkpoint"):
-        GPT.from_pretrained(folder)
+    other = ModernGPT if cls is GPT else GPT
+    with pytest.raises(ValueError, match=f"not a {other.__name__} checkpoint"):
+        other.from_pretrained(folder)
+
+
+def test_modern_gpt_is_causal_and_starts_as_identity_blocks():
+    torch.manual_seed(0)
+    model = ModernGPT(vocab_size=30, n_positions=16, d_model=32, n_layers=3, n_heads=4)
+    ids = torch.randint(0, 30, (2, 10))
+    changed = ids.clone()
+    changed[:, 6:] = (changed[:, 6:] + 1) % 30
+    with torch.no_grad():
+        assert torch.allclose(model(ids)[:, :6], model(changed)[:, :6])   # the future cannot leak back
+        x = model.wte(ids)
+        assert torch.equal(model.blocks[0](x, model.cos[:10], model.sin[:10]), x)  # zero-initialised outputs
+
+
+def test_muon_trains_and_orthogonalizes():
+    G = torch.randn(2, 12, 5)
+    assert torch.allclose(torch.linalg.svdvals(orthogonalize(G, steps=10)), torch.ones(2, 5), atol=0.35)
+    torch.manual_seed(0)
+    text = "to be or not to be that is the question " * 50
+    tok = CharTokenizer(text)
+    data = torch.tensor(tok.encode(text))
+    model = ModernGPT(tok.vocab_size, n_positions=16, d_model=32, n_layers=1, n_heads=2)
+    generator = torch.Generator().manual_seed(0)
+    before = estimate_loss(model, data, 16, n_batches=4)
+    train(model, lambda step: get_batch(data, 16, 8, generator), steps=100, max_lr=1e-2, muon_lr=0.02,
+          optimizer="muon", warmup=10, progress=False)
+    assert estimate_loss(model, data, 16, n_batches=4) < 0.5 * before
+    with pytest.raises(ValueError, match="optimizer must be"):
+        train(model, lambda step: get_batch(data, 16, 8, generator), steps=1, max_lr=1e-3, optimizer="sgd")
 
 
 def test_char_tokenizer_refuses_unknown_characters():

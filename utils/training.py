@@ -139,7 +139,86 @@ def adamw(model: torch.nn.Module, lr: float, weight_decay: float = 0.1, betas=(0
     decay = [p for p in params if p.dim() >= 2]
     no_decay = [p for p in params if p.dim() < 2]
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=lr, betas=betas)
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=True)  # one kernel for all tensors
+
+
+def orthogonalize(G: torch.Tensor, steps: int = 5) -> torch.Tensor:
+    """Approximately the nearest orthogonal matrix U V^T to G = U S V^T, for a stack (..., m, n) at once.
+
+    Five iterations of a quintic Newton-Schulz polynomial (Jordan et al., 2024) push every singular
+    value of G / ||G|| towards 1 (to within about 0.3), using matrix products only, no SVD.
+
+    >>> G = torch.randn(3, 6, 4)
+    >>> singular_values = torch.linalg.svdvals(orthogonalize(G))
+    >>> bool(((singular_values > 0.6) & (singular_values < 1.3)).all())
+    True
+    """
+    a, b, c = 3.4445, -4.7750, 2.0315
+    X = G / (G.norm(dim=(-2, -1), keepdim=True) + 1e-7)                # every singular value now <= 1
+    tall = X.shape[-2] > X.shape[-1]
+    if tall:
+        X = X.mT                                                        # work on the smaller Gram matrix
+    for _ in range(steps):
+        A = X @ X.mT                                                    # (..., m, m)
+        X = a * X + (b * A + c * A @ A) @ X
+    return X.mT if tall else X
+
+
+class Muon(torch.optim.Optimizer):
+    """Momentum, then orthogonalised: the update of each weight matrix is U V^T of its (Nesterov) momentum.
+
+    Adam scales every number of the gradient separately; Muon changes a whole matrix by the same
+    amount in every direction of its singular value decomposition, so the rare directions that the
+    gradient barely touches are learned as fast as the dominant ones. For 2-D weights of hidden
+    layers only; embeddings, the output layer, biases and gains stay with AdamW (:func:`muon_adamw`).
+    Matrices of the same shape are orthogonalised together as one batch.
+    """
+
+    def __init__(self, params, lr: float = 0.02, momentum: float = 0.95, ns_steps: int = 5):
+        super().__init__(params, {"lr": lr, "momentum": momentum, "ns_steps": ns_steps})
+
+    @torch.no_grad()
+    def step(self):
+        for group in self.param_groups:
+            by_shape: dict = {}
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                buffer = self.state[p].setdefault("momentum", torch.zeros_like(p))
+                buffer.mul_(group["momentum"]).add_(p.grad)
+                by_shape.setdefault(p.shape, []).append((p, p.grad.add(buffer, alpha=group["momentum"])))
+            for (rows, cols), items in by_shape.items():
+                updates = orthogonalize(torch.stack([u for _, u in items]), group["ns_steps"])  # (n, rows, cols)
+                scale = group["lr"] * max(1.0, rows / cols) ** 0.5
+                for (p, _), update in zip(items, updates):
+                    p.add_(update, alpha=-scale)
+
+
+class Optimizers:
+    """Several optimizers stepped as one, e.g. Muon for the matrices and AdamW for the rest."""
+
+    def __init__(self, *optimizers):
+        self.optimizers = optimizers
+
+    @property
+    def param_groups(self) -> list[dict]:
+        return [group for optimizer in self.optimizers for group in optimizer.param_groups]
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for optimizer in self.optimizers:
+            optimizer.zero_grad(set_to_none=set_to_none)
+
+    def step(self) -> None:
+        for optimizer in self.optimizers:
+            optimizer.step()
+
+
+def muon_adamw(model: torch.nn.Module, lr: float, muon_lr: float = 0.02, betas=(0.9, 0.99)) -> Optimizers:
+    """Muon (peak ``muon_lr``) for the matrices inside ``model.blocks``, AdamW (peak ``lr``) for the rest."""
+    matrices = [p for name, p in model.named_parameters() if name.startswith("blocks.") and p.dim() == 2]
+    chosen = {id(p) for p in matrices}
+    rest = [p for p in model.parameters() if id(p) not in chosen]
+    return Optimizers(Muon(matrices, lr=muon_lr), torch.optim.AdamW(rest, lr=lr, betas=betas, weight_decay=0.0, fused=True))
 
 
 @dataclass
@@ -162,8 +241,8 @@ def train(model: torch.nn.Module, next_batch: Callable[[int], object], *, steps:
           min_lr: float | None = None, warmup: int = 0, seconds: float | None = None, clock_schedule: bool = True,
           loss_fn: Callable = next_token_loss, evaluate: Callable[[], float] | None = None,
           eval_every: int = 0, weight_decay: float = 0.1, betas=(0.9, 0.99), grad_clip: float = 1.0,
-          lr_schedule: Callable = lr_at, progress: bool = True, live_plot: bool = False,
-          title: str = "Training loss") -> History:
+          lr_schedule: Callable = lr_at, optimizer: str = "adamw", muon_lr: float = 0.02,
+          progress: bool = True, live_plot: bool = False, title: str = "Training loss") -> History:
     """Train ``model`` in place for ``steps`` steps (or until ``seconds`` have passed) and return its History.
 
     With ``seconds`` the schedule runs on the clock: ``total`` becomes the number of steps that fit
@@ -171,11 +250,17 @@ def train(model: torch.nn.Module, next_batch: Callable[[int], object], *, steps:
     fast the machine is (``steps`` is then only an upper bound). ``clock_schedule=False`` keeps the
     step schedule and only stops at ``seconds``.
     ``evaluate()`` (a validation loss) runs every ``eval_every`` steps and once at the end.
+    ``optimizer="muon"`` trains the matrices of ``model.blocks`` with :class:`Muon` (peak ``muon_lr``)
+    and the rest with AdamW (peak ``max_lr``); the schedule scales both peaks alike.
     """
     from tqdm.auto import tqdm
 
     min_lr = max_lr / 10 if min_lr is None else min_lr
-    optimizer = adamw(model, max_lr, weight_decay, betas)
+    if optimizer not in ("adamw", "muon"):
+        raise ValueError(f"optimizer must be 'adamw' or 'muon', not {optimizer!r}")
+    optim = adamw(model, max_lr, weight_decay, betas) if optimizer == "adamw" else muon_adamw(model, max_lr, muon_lr, betas)
+    for group in optim.param_groups:
+        group["peak_lr"] = group["lr"]
     history = History()
     plot = LiveLoss(title) if live_plot else None
     model.train()
@@ -189,14 +274,14 @@ def train(model: torch.nn.Module, next_batch: Callable[[int], object], *, steps:
         if seconds is not None and clock_schedule and step > 0:
             total = min(steps, max(step + 1, warmup + 1, round(step * seconds / elapsed)))  # steps that fit, at this pace
         lr = lr_schedule(step, warmup, total, max_lr, min_lr)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+        for group in optim.param_groups:
+            group["lr"] = group["peak_lr"] * lr / max_lr
         loss = loss_fn(model, next_batch(step))
-        optimizer.zero_grad(set_to_none=True)
+        optim.zero_grad(set_to_none=True)
         loss.backward()
         if grad_clip:
             torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)   # one bad batch cannot blow up the weights
-        optimizer.step()
+        optim.step()
         history.steps.append(step)
         history.losses.append(loss.item())
         history.lrs.append(lr)
