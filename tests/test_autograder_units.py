@@ -29,6 +29,8 @@ def test_cases_are_seeded_plain_data_with_finite_references(exercise):
             array = np.asarray(value)
             assert array.dtype.kind in "biuf", f"{exercise.id}/{case.name}/{key} is not plain numbers"
             assert np.array_equal(array, np.asarray(second[key]))
+        if exercise.reference is None:       # a random exercise: its judge is tested in test_pretraining.py
+            continue
         expected = exercise.reference(first)
         assert expected, f"{exercise.id}: the reference returned nothing"
         for value in expected.values():
