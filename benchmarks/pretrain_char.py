@@ -16,8 +16,8 @@ Target (issue 4): ours <= 1.65 nats/char and at least 0.25 below the baseline.
 """
 from __future__ import annotations
 
-import platform
 import time
+from pathlib import Path
 
 import torch
 
@@ -59,6 +59,15 @@ def train_one(config: dict, tokenizer, train_ids, val_ids, seconds: float, seed:
             "parameters": sum(p.numel() for p in model.parameters())}
 
 
+def cpu_name() -> str:
+    """The processor's model name (Linux), for reading a result next to its machine."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return "unknown"
+    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "unknown")
+
+
 def run() -> dict:
     from utils.training import char_dataset
 
@@ -72,7 +81,7 @@ def run() -> dict:
         "metric": "validation loss after 180 s of training", "unit": "nats/char",
         "value": ours["val_loss"], "baseline": BASELINE["name"], "baseline_value": baseline["val_loss"],
         "config": {"budget_seconds": BUDGET_SECONDS, "eval_characters": EVAL_CHARACTERS,
-                   "threads": torch.get_num_threads(), "torch": torch.__version__, "cpu": platform.processor(),
+                   "threads": torch.get_num_threads(), "torch": torch.__version__, "cpu": cpu_name(),
                    "vocab_size": tokenizer.vocab_size, "train_characters": len(train_ids),
                    "val_characters": len(val_ids)},
         "ours": ours, "baseline_run": baseline,

@@ -204,12 +204,18 @@ def test_lr_at_matches_transformers_schedule():
         assert lr_at(step, 10, 50, 2e-3, 2e-4) == pytest.approx(2e-3 * schedule.lr_lambdas[0](step), abs=1e-12)
 
 
-def test_train_lowers_the_loss_and_respects_a_time_budget():
+@pytest.fixture
+def sentence():
+    """A repeated sentence as (vocabulary size, ids): easy to learn in a hundred steps."""
     torch.manual_seed(0)
     text = "to be or not to be that is the question " * 50
     tok = CharTokenizer(text)
-    data = torch.tensor(tok.encode(text))
-    model = GPT(tok.vocab_size, n_positions=16, d_model=32, n_layers=1, n_heads=2)
+    return tok.vocab_size, torch.tensor(tok.encode(text))
+
+
+def test_train_lowers_the_loss_and_respects_a_time_budget(sentence):
+    vocab_size, data = sentence
+    model = GPT(vocab_size, n_positions=16, d_model=32, n_layers=1, n_heads=2)
     generator = torch.Generator().manual_seed(0)
     before = estimate_loss(model, data, 16, n_batches=4)
     history = train(model, lambda step: get_batch(data, 16, 8, generator), steps=150, max_lr=1e-2, warmup=10,
@@ -254,14 +260,11 @@ def test_modern_gpt_is_causal_and_starts_as_identity_blocks():
         assert torch.equal(model.blocks[0](x, model.cos[:10], model.sin[:10]), x)  # zero-initialised outputs
 
 
-def test_muon_trains_and_orthogonalizes():
+def test_muon_trains_and_orthogonalizes(sentence):
     G = torch.randn(2, 12, 5)
     assert torch.allclose(torch.linalg.svdvals(orthogonalize(G, steps=10)), torch.ones(2, 5), atol=0.35)
-    torch.manual_seed(0)
-    text = "to be or not to be that is the question " * 50
-    tok = CharTokenizer(text)
-    data = torch.tensor(tok.encode(text))
-    model = ModernGPT(tok.vocab_size, n_positions=16, d_model=32, n_layers=1, n_heads=2)
+    vocab_size, data = sentence
+    model = ModernGPT(vocab_size, n_positions=16, d_model=32, n_layers=1, n_heads=2)
     generator = torch.Generator().manual_seed(0)
     before = estimate_loss(model, data, 16, n_batches=4)
     train(model, lambda step: get_batch(data, 16, 8, generator), steps=100, max_lr=1e-2, muon_lr=0.02,

@@ -135,8 +135,15 @@ def sinusoidal_positions(T: int, d: int) -> torch.Tensor:
 
 class LanguageModel(nn.Module):
     """What every model of the course that maps ids (B, T) to logits (B, T, V) can do besides ``forward``:
-    save and load checkpoints, and sample text. Subclasses set ``self.config`` (their constructor's
-    arguments) and ``self.n_positions``."""
+    save and load checkpoints, and sample text. It keeps the constructor's arguments as ``config``
+    and owns the token embedding ``wte`` (V, d)."""
+
+    def __init__(self, vocab_size: int, n_positions: int, d_model: int, n_layers: int, n_heads: int):
+        super().__init__()
+        self.n_positions = n_positions
+        self.config = {"vocab_size": vocab_size, "n_positions": n_positions, "d_model": d_model,
+                       "n_layers": n_layers, "n_heads": n_heads}
+        self.wte = nn.Embedding(vocab_size, d_model)
 
     # ---- checkpoints in the layout of the Hugging Face hub: a folder with config.json + model.safetensors
 
@@ -198,11 +205,7 @@ class GPT(LanguageModel):
     """
 
     def __init__(self, vocab_size: int, n_positions: int, d_model: int, n_layers: int, n_heads: int):
-        super().__init__()
-        self.n_positions = n_positions
-        self.config = {"vocab_size": vocab_size, "n_positions": n_positions, "d_model": d_model,
-                       "n_layers": n_layers, "n_heads": n_heads}
-        self.wte = nn.Embedding(vocab_size, d_model)
+        super().__init__(vocab_size, n_positions, d_model, n_layers, n_heads)
         self.wpe = nn.Embedding(n_positions, d_model)
         self.blocks = nn.ModuleList(TransformerBlock(d_model, n_heads) for _ in range(n_layers))
         self.ln_f = LayerNorm(d_model)
@@ -317,12 +320,15 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
 
 
 class RotarySelfAttention(nn.Module):
-    """Causal self-attention with one fused q/k/v projection, QK-norm and rotary positions: (B, T, d) -> (B, T, d)."""
+    """Self-attention with one fused q/k/v projection, QK-norm and rotary positions: (B, T, d) -> (B, T, d).
 
-    def __init__(self, d_model: int, n_heads: int):
+    Causal by default; ``causal=False`` lets every token see the whole sequence, as in BERT.
+    """
+
+    def __init__(self, d_model: int, n_heads: int, causal: bool = True):
         super().__init__()
         assert d_model % n_heads == 0, "d_model must be divisible by n_heads"
-        self.n_heads, self.d_head = n_heads, d_model // n_heads
+        self.n_heads, self.d_head, self.causal = n_heads, d_model // n_heads, causal
         self.qkv = nn.Linear(d_model, 3 * d_model)
         self.out_proj = nn.Linear(d_model, d_model)
 
@@ -332,17 +338,17 @@ class RotarySelfAttention(nn.Module):
         q, k, v = qkv.permute(2, 0, 3, 1, 4)                                   # 3 x (B, h, T, d_head)
         q, k = F.rms_norm(q, (self.d_head,)), F.rms_norm(k, (self.d_head,))    # QK-norm
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        out = F.scaled_dot_product_attention(q, k, v, is_causal=True)          # (B, h, T, d_head)
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)   # (B, h, T, d_head)
         return self.out_proj(out.transpose(1, 2).reshape(B, T, d_model))       # (B, T, d)
 
 
 class ModernBlock(nn.Module):
     """Pre-norm block like GPT-2's, with rotary/QK-norm attention and a ReLU^2 MLP. (B, T, d) -> (B, T, d)."""
 
-    def __init__(self, d_model: int, n_heads: int):
+    def __init__(self, d_model: int, n_heads: int, causal: bool = True):
         super().__init__()
         self.ln_1 = LayerNorm(d_model)
-        self.attn = RotarySelfAttention(d_model, n_heads)
+        self.attn = RotarySelfAttention(d_model, n_heads, causal)
         self.ln_2 = LayerNorm(d_model)
         self.fc = nn.Linear(d_model, 4 * d_model)
         self.proj = nn.Linear(4 * d_model, d_model)
@@ -355,18 +361,19 @@ class ModernBlock(nn.Module):
 class ModernGPT(LanguageModel):
     """GPT-2 with the four changes above; same interface as :class:`GPT`: ids (B, T) -> logits (B, T, V).
 
+    ``causal=False`` removes the causal mask and nothing else: the model becomes a BERT-style
+    encoder, which notebook 04 trains on masked tokens.
+
     >>> model = ModernGPT(vocab_size=50, n_positions=16, d_model=32, n_layers=2, n_heads=4)
     >>> model(torch.zeros(2, 5, dtype=torch.long)).shape
     torch.Size([2, 5, 50])
     """
 
-    def __init__(self, vocab_size: int, n_positions: int, d_model: int, n_layers: int, n_heads: int):
-        super().__init__()
-        self.n_positions = n_positions
-        self.config = {"vocab_size": vocab_size, "n_positions": n_positions, "d_model": d_model,
-                       "n_layers": n_layers, "n_heads": n_heads}
-        self.wte = nn.Embedding(vocab_size, d_model)
-        self.blocks = nn.ModuleList(ModernBlock(d_model, n_heads) for _ in range(n_layers))
+    def __init__(self, vocab_size: int, n_positions: int, d_model: int, n_layers: int, n_heads: int,
+                 causal: bool = True):
+        super().__init__(vocab_size, n_positions, d_model, n_layers, n_heads)
+        self.config["causal"] = causal
+        self.blocks = nn.ModuleList(ModernBlock(d_model, n_heads, causal) for _ in range(n_layers))
         self.ln_f = LayerNorm(d_model)
         self.lm_head = nn.Linear(d_model, vocab_size, bias=False)
         self.lm_head.weight = self.wte.weight
