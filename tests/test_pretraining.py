@@ -258,6 +258,10 @@ def test_modern_gpt_is_causal_and_starts_as_identity_blocks():
         assert torch.allclose(model(ids)[:, :6], model(changed)[:, :6])   # the future cannot leak back
         x = model.wte(ids)
         assert torch.equal(model.blocks[0](x, model.cos[:10], model.sin[:10]), x)  # zero-initialised outputs
+        encoder = ModernGPT(vocab_size=30, n_positions=16, d_model=32, n_layers=1, n_heads=4, causal=False)
+        for p in encoder.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+        assert not torch.allclose(encoder(ids)[:, :6], encoder(changed)[:, :6])   # an encoder sees both sides
 
 
 def test_muon_trains_and_orthogonalizes(sentence):
