@@ -1,7 +1,7 @@
 """Character-level Shakespeare in 180 seconds: nanoGPT's CPU recipe against notebook 04's configuration.
 
-Both runs train ``utils.gpt.GPT`` (GPT-2's architecture) from scratch with ``utils.training.train``
-on the same split of our 38-play Shakespeare (first 90 % trains, last 10 % validates), one after
+Both runs train from scratch with ``utils.training.train`` (the baseline ``utils.gpt.GPT``, GPT-2's
+architecture; ours ``utils.gpt.ModernGPT``, see ``OURS`` below) on the same split of our 38-play Shakespeare (first 90 % trains, last 10 % validates), one after
 the other in the same process, each with the same wall-clock budget for training. Validation loss
 is then measured on the same number of held-out characters (each model at its own context length,
 as nanoGPT reports it).

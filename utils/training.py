@@ -56,7 +56,7 @@ class CharTokenizer:
         return self.stoi[token]
 
     def encode(self, text: str) -> list[int]:
-        unknown = sorted(set(text) - set(self.chars))
+        unknown = sorted(c for c in set(text) if c not in self.stoi)
         if unknown:
             raise ValueError(f"characters not in the vocabulary: {unknown[:10]}")
         return [self.stoi[c] for c in text]
