@@ -1,11 +1,12 @@
 """The course's grading engine.
 
-* In a notebook: ``from autograder import check`` for the learner's self-check.
+* In a notebook: ``from autograder import check, use`` for the learner's self-check and for demos
+  that fall back to the course's version of an exercise the learner has not solved yet.
 * From a shell: ``python -m autograder grade PATH... --out DIR`` (see ``python -m autograder -h``).
 
 Grading runs a submission in a separate, sandboxed kernel, collects its outputs on public and
 hidden inputs as plain arrays, and scores them in this trusted process against reference
-implementations. See DESIGN.md, "One source, three ways to grade".
+implementations (``autograder/oracles``, which the sandbox never shows a kernel).
 """
 import sys as _sys
 
@@ -22,4 +23,11 @@ def check(exercise_id, fn):
     return _check(exercise_id, fn)
 
 
-__all__ = ["check"]
+def use(exercise_id, fn):
+    """``fn`` if it passes its public cases, else the course's version (see :mod:`autograder.selfcheck`)."""
+    from .selfcheck import use as _use
+
+    return _use(exercise_id, fn)
+
+
+__all__ = ["check", "use"]

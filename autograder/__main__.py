@@ -15,9 +15,9 @@ import time
 from pathlib import Path
 
 from . import manifests
-from .grade import grade_notebook, write_record
+from .grade import grade_notebook, record_names, where, write_record
 from .report import MARK, SUMMARY_HEADERS, html_page, markdown_table, points, summary_rows, table
-from .runner import Limits
+from .sandbox import Limits, isolation
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -29,10 +29,13 @@ def _limits(args) -> Limits:
 
 def cmd_grade(args) -> int:
     records = []
-    for raw in args.paths:
-        path = Path(raw)
+    for note in isolation().notes:
+        print(f"sandbox: {note}", flush=True)
+    paths = [Path(raw) for raw in args.paths]
+    names = record_names(paths)
+    for path in paths:
         record = grade_notebook(path, assignment=args.assignment, limits=_limits(args))
-        target = write_record(record, Path(args.out))
+        target = write_record(record, Path(args.out), names[path])
         records.append(record)
         print(f"{path}: {record['status']}, {points(record['score'])}/{points(record['max_score'])} "
               f"in {record['seconds']:.1f} s -> {target}", flush=True)
@@ -42,21 +45,31 @@ def cmd_grade(args) -> int:
             print(textwrap.fill(exercise["message"], width=100, initial_indent=" " * 6, subsequent_indent=" " * 6))
         if record.get("message"):
             print(textwrap.fill("note: " + record["message"], width=100, initial_indent="  ", subsequent_indent="  "))
+        for error in record.get("cell_errors", [])[1:4]:
+            print(textwrap.fill(f"also: {where(error)}: {error['error']}", width=100, initial_indent="  ",
+                                subsequent_indent="  "))
+        for flag in record.get("flags", []):
+            print(textwrap.fill("flag: " + flag["flag"], width=100, initial_indent="  ", subsequent_indent="  "))
     print()
     print(table(SUMMARY_HEADERS, summary_rows(records)))
     return 0  # grading completed: the scores are in the records, not in the exit status
 
 
 def cmd_grade_class(args) -> int:
-    from .classgrade import grade_class
+    from .classgrade import Refused, grade_class
 
     limits = _limits(args)
-    summary = grade_class(Path(args.submitted), args.assignment, Path(args.out),
-                          gradebook=Path(args.gradebook) if args.gradebook else None, workers=args.workers,
-                          dask_scheduler=args.dask_scheduler, limits=limits, force=args.force,
-                          log=lambda line: print(line, flush=True))
+    try:
+        summary = grade_class(Path(args.submitted), args.assignment, Path(args.out),
+                              gradebook=Path(args.gradebook) if args.gradebook else None, workers=args.workers,
+                              dask_scheduler=args.dask_scheduler, limits=limits, force=args.force,
+                              log=lambda line: print(line, flush=True), insecure=args.insecure)
+    except Refused as exc:
+        print(f"grade-class refuses to grade: {exc}", file=sys.stderr)
+        return 2
     print(f"done: {summary['submissions']} submission(s) {summary['statuses']} in {summary['seconds']:.1f} s; "
-          f"wrote {args.out}/grades.csv, {args.out}/<student>/{args.assignment}.json|.md|.html and {summary['gradebook']}")
+          f"wrote {args.out}/grades.csv, {args.out}/students/<student>/{args.assignment}.json|.md|.html "
+          f"and {summary['gradebook']}")
     return 0  # the batch completed: the scores are in the records, not in the exit status
 
 
@@ -129,9 +142,9 @@ def main(argv: list[str] | None = None) -> int:
     def add_limits(p):
         p.add_argument("--timeout", type=int, default=900, help="seconds for a whole notebook (default 900)")
         p.add_argument("--cell-timeout", type=int, default=300, help="seconds for one cell (default 300)")
-        p.add_argument("--memory-gb", type=float, default=12, help="address space of the kernel, GiB (default 12)")
+        p.add_argument("--memory-gb", type=float, default=12, help="memory of the whole run (cgroup) and of each process, GiB (default 12)")
 
-    grade = sub.add_parser("grade", help="grade submissions; writes DIR/<stem>.json for each")
+    grade = sub.add_parser("grade", help="grade submissions; writes DIR/<name>.json for each")
     grade.add_argument("paths", nargs="+", metavar="PATH")
     grade.add_argument("--out", required=True, metavar="DIR")
     grade.add_argument("--assignment", help="which notebook they answer (default: from the file name)")
@@ -146,6 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     klass.add_argument("--workers", type=int, default=2, help="local processes grading at once (default 2)")
     klass.add_argument("--dask-scheduler", metavar="ADDRESS", help="grade on a dask.distributed cluster instead")
     klass.add_argument("--force", action="store_true", help="grade again submissions already graded and unchanged")
+    klass.add_argument("--insecure", action="store_true",
+                       help="grade even where the sandbox is incomplete (not root, no bubblewrap, no cgroup)")
     add_limits(klass)
     klass.set_defaults(func=cmd_grade_class)
 

@@ -1,18 +1,22 @@
 """Grade a whole class: ``python -m autograder grade-class SUBMITTED_DIR --assignment NAME --out DIR``.
 
 ``SUBMITTED_DIR`` has nbgrader's layout, ``<student>/<assignment>/<notebook>.ipynb``. For each
-student this writes ``DIR/<student>/<assignment>.json`` (the record of ``grade``, plus ``student`` and
-``sha256``), ``.md`` and ``.html`` feedback beside it (per exercise: score and message;
-hidden cases are never described), then ``DIR/grades.csv``, ``DIR/summary.json`` and the scores in
-nbgrader's gradebook (``--gradebook``, default ``DIR/gradebook.db``) so that ``nbgrader export`` and
-formgrader show them.
+student this writes ``DIR/students/<student>/<assignment>.json`` (the record of ``grade``, plus
+``student`` and ``sha256``), ``.md`` and ``.html`` feedback beside it (per exercise: score and
+message; hidden cases are never described), then ``DIR/grades.csv``, ``DIR/summary.json`` and the
+scores in nbgrader's gradebook (``--gradebook``, default ``DIR/gradebook.db``) so that
+``nbgrader export`` and formgrader show them.
 
-* Each submission is graded in its own sandbox (:mod:`autograder.runner`); one bad submission only
-  gets a bad record. A grader failure (a worker that died) becomes a ``crashed`` record too.
-* Resume: a submission whose notebook bytes and grader fingerprint (the grader's code, the manifest,
-  the hidden-case secret) match what ``DIR/.resume.json`` says of its existing record is not graded
-  again (``--force`` does). The fingerprint stays in that file, out of the records students may see:
-  it is derived from the secret.
+* It refuses to start without the isolation of :mod:`autograder.sandbox` (bubblewrap, root, a
+  cgroup) unless the instructor passes ``--insecure``, and with the public default
+  ``AUTOGRADER_SECRET`` (students could compute the hidden cases).
+* Each submission is graded in its own sandbox; one bad submission only gets a bad record. A
+  grader failure (a worker that died) becomes a ``crashed`` record too. Links are never followed:
+  a student folder, assignment folder or notebook that is a link is not graded.
+* Resume: a submission whose notebook bytes and grader fingerprint (the grader's code, the
+  references, the pinned packages, the assets and the hidden-case secret) match what
+  ``DIR/.resume.json`` says of its existing record is not graded again (``--force`` does). The
+  fingerprint stays in that file, out of the records students may see: it is derived from the secret.
 * Concurrency through a ``concurrent.futures.Executor``: a local process pool (``--workers N``), or
   a ``dask.distributed`` cluster (``--dask-scheduler ADDRESS``) whose workers run the same job
   function; records come back to this process, which alone writes files.
@@ -25,19 +29,20 @@ import json
 import multiprocessing
 import os
 import re
+import stat
 import sys
 import time
 import warnings
 from concurrent.futures import Executor, ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from . import manifests
 from .grade import _record, _zero, grade_notebook
-from .report import feedback_html, feedback_markdown
-from .runner import ROOT, Limits, sandbox
-from .spec import hidden_secret
+from .report import csv_cell, feedback_html, feedback_markdown
+from .sandbox import ROOT, Limits, isolation
+from .spec import DEFAULT_SECRET, hidden_secret
 
 RESUME = ".resume.json"  # student -> {"sha256", "grader"} of the record in DIR (the instructor's, not the students')
 CSV_FIELDS = ["student", "assignment", "status", "score", "max_score", "seconds", "submission", "message"]
@@ -52,35 +57,80 @@ class Job:
     sha256: str        # of the notebook's bytes ("" when none)
 
 
+def _regular(path: Path) -> bool:
+    """A regular file or folder reached without any link (``lstat``: links are not followed)."""
+    try:
+        mode = path.lstat().st_mode
+    except OSError:
+        return False
+    return stat.S_ISREG(mode) or stat.S_ISDIR(mode)
+
+
 def discover(submitted: Path, assignment: str) -> list[Job]:
-    """One job per ``<student>/<assignment>/`` folder, sorted by student."""
+    """One job per ``<student>/<assignment>/`` folder, sorted by student.
+
+    A student folder, assignment folder or notebook that is a link (to the solutions, to a
+    classmate's work) is never followed: its job says so and scores 0.
+    """
     jobs = []
-    for folder in sorted(p for p in submitted.iterdir() if p.is_dir() and not p.name.startswith(".")):
+    root = submitted.resolve()
+    for folder in sorted(p for p in submitted.iterdir() if not p.name.startswith(".")):
+        if folder.is_symlink():
+            jobs.append(Job(folder.name, assignment, "", "the student folder is a link: not graded", ""))
+            continue
+        if not folder.is_dir():
+            continue
         work = folder / assignment
+        if work.is_symlink():
+            jobs.append(Job(folder.name, assignment, "", "the assignment folder is a link: not graded", ""))
+            continue
         if not work.is_dir():
             continue
         expected = work / f"{assignment}.ipynb"
-        found = sorted(p for p in work.glob("*.ipynb") if p.is_file() and not p.name.startswith("."))
+        found = sorted(p for p in work.glob("*.ipynb") if not p.name.startswith("."))
         note = ""
+        if expected.is_symlink() or (not expected.exists() and len(found) == 1 and found[0].is_symlink()):
+            jobs.append(Job(folder.name, assignment, "", "the notebook is a link, not a file: not graded", ""))
+            continue
         if expected.is_file():
             path = expected
-        elif len(found) == 1:
+        elif len(found) == 1 and _regular(found[0]):
             path = found[0]
             note = f"graded {path.name} (expected {expected.name})"
         else:
             path = None
             note = (f"no {expected.name} in the submission" +
                     (f" (found {', '.join(p.name for p in found[:5])})" if found else ""))
-        digest = hashlib.sha256(path.read_bytes()).hexdigest() if path else ""
+        if path is not None and not path.resolve().is_relative_to(root):
+            path, note = None, "the notebook resolves outside the submitted folder: not graded"
+        try:
+            digest = hashlib.sha256(path.read_bytes()).hexdigest() if path else ""
+        except OSError as exc:
+            path, digest, note = None, "", f"the notebook cannot be read ({exc.strerror or exc})"
         jobs.append(Job(folder.name, assignment, str(path or ""), note, digest))
     return jobs
 
 
 def fingerprint(assignment: str) -> str:
-    """What a record depends on besides the notebook: the grader's code and the hidden-case secret."""
+    """What a record depends on besides the notebook: the grader's code (manifests and oracles), the
+    course's reference code, the pinned packages and their installed versions, the prepared assets
+    (names and sizes) and the hidden-case secret."""
+    import importlib.metadata
+
+    from utils.assets import cache_dir
+
     digest = hashlib.sha256(assignment.encode())
-    for path in sorted((ROOT / "autograder").rglob("*.py")):
-        digest.update(path.relative_to(ROOT).as_posix().encode() + b"\0" + path.read_bytes())
+    for path in sorted([*(ROOT / "autograder").rglob("*.py"), *(ROOT / "utils").rglob("*.py"),
+                        ROOT / "pyproject.toml", ROOT / "requirements-assets.txt"]):
+        if path.is_file():
+            digest.update(path.relative_to(ROOT).as_posix().encode() + b"\0" + path.read_bytes())
+    for dist in sorted(importlib.metadata.distributions(), key=lambda d: d.metadata["Name"] or ""):
+        digest.update(f"{dist.metadata['Name']}=={dist.version}\n".encode())
+    cache = cache_dir()
+    if cache.is_dir():
+        for path in sorted(cache.rglob("*")):
+            if path.is_file():
+                digest.update(f"{path.relative_to(cache)}:{path.stat().st_size}\n".encode())
     digest.update(hashlib.sha256(hidden_secret().encode()).digest())
     return digest.hexdigest()[:32]
 
@@ -108,7 +158,7 @@ def _failed(job: Job, why: str) -> dict:
 
 
 def _record_path(out: Path, job: Job) -> Path:
-    return out / job.student / f"{job.assignment}.json"
+    return out / "students" / job.student / f"{job.assignment}.json"
 
 
 def _write(out: Path, job: Job, record: dict) -> None:
@@ -197,8 +247,9 @@ def write_csv(records: list[dict], path: Path, exercise_ids: list[str]) -> None:
         writer.writerow(CSV_FIELDS + exercise_ids)
         for r in records:
             scores = {e["id"]: e["score"] for e in r.get("exercises", [])}
-            writer.writerow([r.get("student", ""), r["notebook"], r["status"], r["score"], r["max_score"], r["seconds"],
-                             r["submission"], r.get("message", "")[:200]] + [scores.get(i, 0) for i in exercise_ids])
+            writer.writerow([csv_cell(r.get("student", "")), r["notebook"], r["status"], r["score"], r["max_score"],
+                             r["seconds"], csv_cell(r["submission"]), csv_cell(r.get("message", "")[:200])]
+                            + [scores.get(i, 0) for i in exercise_ids])
 
 
 def grade_cell_names(assignment: str) -> dict[str, str]:
@@ -247,17 +298,41 @@ def write_gradebook(records: list[dict], assignment: str, path: Path) -> None:
             gb.db.commit()
 
 
+class Refused(RuntimeError):
+    """grade-class will not grade: the isolation it promises is missing, or the secret is the public one."""
+
+
+def refusal(insecure: bool = False) -> str | None:
+    """Why a class must not be graded here (``None`` when it may)."""
+    box = isolation()
+    if not box.complete and not insecure:
+        return ("the sandbox is incomplete here, so one student's notebook could read or change what another's "
+                "run sees:\n  " + "\n  ".join(box.notes or ["(no details)"]) +
+                "\nRun as root with bubblewrap installed (`make setup` installs it), or pass --insecure to grade "
+                "anyway, knowingly.")
+    if hidden_secret() == DEFAULT_SECRET:
+        return ("AUTOGRADER_SECRET is not set: the hidden cases would be the public default ones, which any "
+                "student can compute from the course's code. Set a secret of your own, e.g.\n"
+                "  export AUTOGRADER_SECRET=$(python3 -c 'import secrets; print(secrets.token_hex(16))')")
+    return None
+
+
 def grade_class(submitted: Path, assignment: str, out: Path, gradebook: Path | None = None, workers: int = 2,
                 dask_scheduler: str | None = None, limits: Limits | None = None, force: bool = False,
-                log=print) -> dict:
-    """Grade every submission of ``assignment`` under ``submitted``; returns the summary (also DIR/summary.json)."""
+                log=print, insecure: bool = False) -> dict:
+    """Grade every submission of ``assignment`` under ``submitted``; returns the summary (also DIR/summary.json).
+
+    Raises :class:`Refused` (before grading anything) when :func:`refusal` says why it must not.
+    """
+    why = refusal(insecure)
+    if why:
+        raise Refused(why)
     start = time.perf_counter()
     spec = manifests.assignment(assignment)
     out.mkdir(parents=True, exist_ok=True)
     gradebook = gradebook or out / "gradebook.db"
-    limits = replace(limits or Limits(), hidden_paths=tuple(limits.hidden_paths if limits else ())
-                     + (str(submitted.resolve()), str(out.resolve()), str(gradebook.resolve())))
-    box = sandbox()
+    limits = limits or Limits()
+    box = isolation()
     for note in box.notes:
         log(f"sandbox: {note}")
     grader = fingerprint(assignment)
@@ -294,9 +369,9 @@ def grade_class(submitted: Path, assignment: str, out: Path, gradebook: Path | N
     summary = {"assignment": assignment, "submissions": len(jobs), "graded_now": len(todo),
                "skipped_unchanged": len(jobs) - len(todo), "statuses": statuses,
                "seconds": round(time.perf_counter() - start, 2), "workers": workers, "dask_scheduler": dask_scheduler,
-               "gradebook": str(gradebook), "sandbox": box.describe()}
+               "gradebook": str(gradebook), "sandbox": box.describe(), "insecure": insecure and not box.complete}
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     return summary
 
 
-__all__ = ["Job", "discover", "grade_class", "grade_job", "run_jobs", "write_gradebook"]
+__all__ = ["Job", "Refused", "discover", "grade_class", "grade_job", "refusal", "run_jobs", "write_gradebook"]

@@ -92,16 +92,19 @@ def expect_array(got: dict, key: str, kind: str, shape: tuple | None = None) -> 
 
 def diagnose(exercise: Exercise, inputs: Inputs, got: dict) -> tuple[bool, str | None, str | None]:
     """``(passed, reason, hint)`` for one case: the reason it failed and the known mistake it matches."""
-    if exercise.judge is not None:
+    from .oracles import oracle
+
+    trusted = oracle(exercise.id)
+    if trusted.judge is not None:
         try:
-            reason, hint = exercise.judge(inputs, got)
+            reason, hint = trusted.judge(inputs, got)
         except Exception as error:  # untrusted arrays of a shape the judge did not foresee
             reason, hint = f"the outputs could not be checked ({type(error).__name__}: {str(error)[:200]})", None
         return reason is None, reason, hint
-    reason = mismatch(exercise.reference(inputs), got, exercise.atol, exercise.rtol)
+    reason = mismatch(trusted.reference(inputs), got, exercise.atol, exercise.rtol)
     if reason is None:
         return True, None, None
-    for detector in exercise.detectors:
+    for detector in trusted.detectors:
         if mismatch(detector.produce(inputs), got, exercise.atol, exercise.rtol) is None:
             return False, reason, detector.hint
     return False, reason, None
@@ -138,6 +141,28 @@ def clamp_score(value: float, maximum: float) -> float:
     return float(min(max(value, 0.0), maximum))
 
 
+# Exception names that are safe to repeat for a hidden case (a learner's own class could be named after
+# the hidden inputs, so any other name is reported as "an exception").
+SAFE_EXCEPTIONS = frozenset({
+    "ArithmeticError", "AssertionError", "AttributeError", "IndexError", "KeyError", "LookupError", "MemoryError",
+    "NameError", "NotImplementedError", "OverflowError", "RecursionError", "RuntimeError", "TypeError",
+    "UnboundLocalError", "ValueError", "ZeroDivisionError", "SelfCheckFailed"})
+
+
+def _hidden_failure(status, exception) -> str:
+    """What may be said of a hidden case that did not return: its status, and the exception's name when
+    it is a built-in one."""
+    if status == "not_implemented":
+        return "raised NotImplementedError"
+    if status == "error" and exception in SAFE_EXCEPTIONS:
+        return f"raised {exception}"
+    if status == "error" and exception:
+        return "raised an exception"
+    if status == "error":
+        return "returned something that is not a tensor or a number (the public cases show what)"
+    return ""
+
+
 def grade_exercise(exercise: Exercise, report: dict | None, arrays: dict[str, np.ndarray]) -> ExerciseResult:
     """Score one exercise from a capture (``report`` from capture.json, ``arrays`` from capture.npz)."""
     points = float(exercise.points)
@@ -156,10 +181,10 @@ def grade_exercise(exercise: Exercise, report: dict | None, arrays: dict[str, np
         status = case_report.get("status") if isinstance(case_report, dict) else None
         statuses.append(status)
         if status != "ok":
-            text = str(case_report.get("message", "")) if isinstance(case_report, dict) else ""
-            if case.hidden and text:  # a learner's message could print the hidden inputs: keep its kind only
-                head, colon, _ = text.partition(":")
-                text = f"raised {head[:60]}" if colon and head.isidentifier() else text[:200]
+            if case.hidden:  # nothing the learner's code wrote about a hidden case is shown
+                text = _hidden_failure(status, case_report.get("exception") if isinstance(case_report, dict) else None)
+            else:
+                text = str(case_report.get("message", "")) if isinstance(case_report, dict) else ""
             text = text or "the grader's cell did not reach this case (the kernel stopped early)"
             results.append(CaseResult(case.name, case.hidden, False, f"{label}: {text[:600]}"))
             continue

@@ -1,29 +1,112 @@
-"""Execute one notebook with papermill, going on past failing cells.
+"""Execute a submission in the sandbox: the executor inside it, and the launcher that starts it.
 
-Run by :mod:`autograder.runner` in a child process (so that a hung or hostile kernel can be killed
-with its whole process group)::
+**Inside the sandbox** (``python -m autograder.execute --result-fd N < payload``), the executor:
 
-    python -m autograder.execute IN.ipynb OUT.ipynb --cell-timeout 300 [-p FAST True ...] < payload.json
+1. makes itself non-dumpable *before* it reads anything, so that no process of its uid (the
+   learner's kernel and its children) can read its memory, its file descriptors or trace it;
+2. reads the payload from stdin: the submission, the parameters (``FAST=True``) and the
+   grader's two cells (public cases, then hidden cases), each with an id made for this run;
+3. runs the learner's cells with papermill (per-cell time limit, interrupts, going on past
+   errors, outputs capped), then the grader's cells, which only it can identify;
+4. streams frames to the trusted side on file descriptor ``N``, which the kernel never inherits:
+   ``learner`` (the errors of the learner's cells, taken before the grader's first cell starts),
+   ``notebook`` (optional: the executed learner cells), ``public`` and ``hidden`` (each capture
+   file, copied as soon as its cell ends, with a size limit), and ``end``.
 
-The payload on stdin, ``{"capture": SOURCE}``, is the grader's cell: it is appended in memory (it
-holds the hidden inputs, which never sit in a file the learner's cells could read) and its source is
-blanked in every copy of the notebook papermill writes. Outputs beyond ``--output-bytes`` are dropped,
-with one note saying so.
+So the trusted side never reads a file the kernel can write, and what it shows of the learner
+(error messages) was produced before any hidden input entered the kernel.
 
-Exit status: 0 when every cell ran (some may have raised: the learner's errors are recorded in
-OUT.ipynb), 3 when the kernel died, 4 for anything else (message on stderr).
+**Trusted side**: :func:`run` builds the payload, starts the executor under
+:mod:`autograder.sandbox` (bubblewrap, a fresh uid, a cgroup), feeds it, and reads the frames
+with a size limit and a wall clock; it never raises for anything the submission does.
 """
 from __future__ import annotations
 
 import argparse
-import ast
 import json
+import os
+import secrets
+import select
+import signal
+import stat
+import subprocess
 import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
 
-KERNEL_DIED = 3
-FAILED = 4
-CAPTURE_TAG = "course-capture"
-CAPTURE_TIMEOUT = 120  # seconds, at least, for the grader's cell
+FRAME_NAME = 16                   # bytes of a frame's name, then 8 bytes of length, then the data
+MAX_CAPTURE = 256 * 1024 ** 2     # bytes of one capture file
+MAX_NOTEBOOK = 64 * 1024 ** 2     # bytes of the executed notebook sent back
+MAX_LEARNER = 256 * 1024          # bytes of the learner frame (cell errors)
+MAX_ERRORS = 20                   # cell errors listed in a record
+CAPTURE_TIMEOUT = 120             # seconds, at least, for each of the grader's cells
+KERNEL_DIED = "the kernel died (a crash, os._exit, or running out of memory)"
+
+
+# =========================================================================== inside the sandbox
+
+
+def _not_dumpable() -> None:
+    """PR_SET_DUMPABLE = 0: /proc/<pid>/mem, fd/ and environ of this process become unreadable to its
+    own uid, and ptrace is refused (the learner's kernel runs as the same uid)."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(4, 0, 0, 0, 0) != 0:  # PR_SET_DUMPABLE
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_DUMPABLE, 0) failed")
+
+
+def send(fd: int, name: str, data: bytes) -> None:
+    header = name.encode("ascii").ljust(FRAME_NAME, b" ") + len(data).to_bytes(8, "little")
+    view = memoryview(header + data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+def read_untrusted(path: str, limit: int) -> bytes | None:
+    """A regular file the kernel wrote, read without following links, or ``None`` (missing, too big, odd)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_size > limit:
+            return None
+        with os.fdopen(fd, "rb", closefd=False) as handle:
+            data = handle.read(limit + 1)
+        return data if len(data) <= limit else None
+    finally:
+        os.close(fd)
+
+
+def first_line(source: str) -> str:
+    """The first line of a cell that is not blank or a comment, shortened: how a learner finds it."""
+    for line in source.splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            return line.strip()[:80]
+    return source.strip().splitlines()[0][:80] if source.strip() else ""
+
+
+def cell_errors(cells) -> list[dict]:
+    """``[{"cell": n, "first_line": "...", "error": "NameError: ..."}]`` for each learner code cell that raised.
+
+    ``n`` counts the learner's code cells from 1 (papermill's injected parameters cell is not theirs):
+    it is the ``In [n]`` JupyterLab shows after Restart and Run All.
+    """
+    found, number = [], 0
+    for cell in cells:
+        if cell.cell_type != "code" or "injected-parameters" in cell.metadata.get("tags", []):
+            continue
+        number += 1
+        for output in cell.get("outputs", []):
+            if output.get("output_type") == "error":
+                text = f"{output.get('ename', 'Error')}: {output.get('evalue', '')}"
+                found.append({"cell": number, "first_line": first_line(cell.source), "error": text[:300]})
+    return found
 
 
 def _cap_outputs(limit: int) -> None:
@@ -35,7 +118,7 @@ def _cap_outputs(limit: int) -> None:
 
     def output(self, outs, msg, display_id, cell_index):
         content = msg.get("content", {})
-        size = len(content.get("text", "")) + sum(len(str(v)) for v in content.get("data", {}).values()) \
+        size = len(str(content.get("text", ""))) + sum(len(str(v)) for v in content.get("data", {}).values()) \
             + sum(len(str(v)) for v in content.get("traceback", []))
         used = getattr(self, "_course_output_bytes", 0)
         self._course_output_bytes = used + size
@@ -55,84 +138,361 @@ def _cap_outputs(limit: int) -> None:
     NotebookClient.output = output
 
 
-def _redact_saved_notebooks() -> None:
-    """papermill writes the notebook as it runs: blank the grader's cell in every copy it writes."""
-    import copy
+class Recorder:
+    """nbclient hooks: what the executor takes out of the run, and when."""
 
-    import papermill.engines
-    import papermill.execute
+    def __init__(self, fd: int, n_learner: int, captures: dict[str, tuple[str, str]], keep_notebook: bool):
+        self.fd, self.n_learner, self.captures, self.keep_notebook = fd, n_learner, captures, keep_notebook
+        self.nb = None
+        self.sent: set[str] = set()
 
-    write = papermill.engines.write_ipynb
+    def on_notebook_start(self, notebook=None, **_):
+        self.nb = notebook
 
-    def redacted(nb, path):
-        nb = copy.deepcopy(nb)
-        for cell in nb.cells:
-            if CAPTURE_TAG in cell.metadata.get("tags", []):
-                cell.source = "# the grader's cell (not shown)"
-        return write(nb, path)
+    def on_cell_start(self, cell=None, cell_index=None, **_):
+        if cell is not None and cell.get("id") in self.captures:
+            self.learner_done()  # before the grader's first cell: nothing of it is in the kernel yet
 
-    papermill.engines.write_ipynb = papermill.execute.write_ipynb = redacted
+    def on_cell_executed(self, cell=None, cell_index=None, **_):
+        if cell is not None and cell.get("id") in self.captures:
+            self.take(cell.get("id"))
+
+    def learner_done(self) -> None:
+        if "learner" in self.sent or self.nb is None:
+            return
+        self.sent.add("learner")
+        cells = self.nb.cells[:self.n_learner]
+        errors = cell_errors(cells)
+        data = {"cells": sum(c.cell_type == "code" for c in cells), "errors": errors[:MAX_ERRORS],
+                "more_errors": max(0, len(errors) - MAX_ERRORS)}
+        send(self.fd, "learner", json.dumps(data).encode())
+        if self.keep_notebook:
+            import copy
+
+            import nbformat
+
+            nb = copy.deepcopy(self.nb)
+            nb.cells = nb.cells[:self.n_learner]
+            text = nbformat.writes(nb).encode()
+            if len(text) <= MAX_NOTEBOOK:
+                send(self.fd, "notebook", text)
+
+    def take(self, cell_id: str) -> None:
+        phase, path = self.captures[cell_id]
+        if phase in self.sent:
+            return
+        self.sent.add(phase)
+        send(self.fd, phase, read_untrusted(path, MAX_CAPTURE) or b"")
 
 
-def _value(text: str):
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        return text
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("input")
-    parser.add_argument("output")
-    parser.add_argument("--cell-timeout", type=int, default=300)
-    parser.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"))
-    parser.add_argument("--cwd", default=None)
-    parser.add_argument("--output-bytes", type=int, default=4 * 1024 * 1024)
-    args = parser.parse_args(argv)
-
+def execute(payload: dict, fd: int) -> tuple[str, str]:
+    """Run the notebook of ``payload``; returns ``(status, message)`` for the ``end`` frame."""
     import nbformat
     import papermill
     from nbclient.exceptions import DeadKernelError
     from papermill.exceptions import PapermillExecutionError
+    from papermill.iorw import load_notebook_node
+    from papermill.parameterize import parameterize_notebook
 
-    payload = {} if sys.stdin is None or sys.stdin.isatty() else json.loads(sys.stdin.read() or "{}")
-    nb = nbformat.read(args.input, as_version=4)
-    if payload.get("capture"):
-        nb.cells.append(nbformat.v4.new_code_cell(payload["capture"], metadata={"tags": [CAPTURE_TAG]}))
-    _cap_outputs(args.output_bytes)
-    _redact_saved_notebooks()
+    work = os.getcwd()
+    startup = Path(os.environ["IPYTHONDIR"]) / "profile_default" / "startup"
+    startup.mkdir(parents=True, exist_ok=True)
+    (startup / "00-no-network.py").write_text(payload["network_guard"], encoding="utf-8")
+    nb = load_notebook_node(nbformat.reads(payload["notebook"], as_version=4))  # with papermill's metadata
+    if payload.get("parameters"):
+        nb = parameterize_notebook(nb, payload["parameters"], kernel_name="python3", language="python")
+    n_learner = len(nb.cells)
+    captures = {}
+    for cell in payload["cells"]:
+        nb.cells.append(nbformat.v4.new_code_cell(cell["source"], id=cell["id"]))
+        captures[cell["id"]] = (cell["phase"], os.path.join(work, cell["path"]))
+    recorder = Recorder(fd, n_learner, captures, payload.get("keep_notebook", False))
+    cell_timeout = int(payload["cell_timeout"])
+    _cap_outputs(int(payload["output_bytes"]))
+    status, message = "completed", ""
     try:
         papermill.execute_notebook(
-            nb,
-            args.output,
-            parameters={name: _value(value) for name, value in args.parameter},
-            kernel_name="python3",
-            progress_bar=False,
-            cwd=args.cwd,
-            execution_timeout=args.cell_timeout,
-            # The grader's cell imports torch and calls every case: it gets at least CAPTURE_TIMEOUT
-            # (the wall clock of the whole notebook still applies).
-            timeout_func=lambda cell: max(args.cell_timeout, CAPTURE_TIMEOUT)
-            if CAPTURE_TAG in cell.metadata.get("tags", []) else args.cell_timeout,
+            nb, None, kernel_name="python3", progress_bar=False, cwd=work, request_save_on_cell_execute=False,
+            execution_timeout=cell_timeout,
+            timeout_func=lambda cell: max(cell_timeout, CAPTURE_TIMEOUT) if cell.get("id") in captures else cell_timeout,
             # Keep going past a failing cell so later exercises still earn their credit, and turn
             # a cell that runs too long into an interrupt (KeyboardInterrupt in that cell).
-            allow_errors=True,
-            interrupt_on_timeout=True,
+            allow_errors=True, interrupt_on_timeout=True,
+            on_notebook_start=recorder.on_notebook_start, on_cell_start=recorder.on_cell_start,
+            on_cell_executed=recorder.on_cell_executed,
         )
     except PapermillExecutionError:
-        return 0  # some cells raised; the output notebook holds their tracebacks
-    except DeadKernelError as exc:
-        print(f"the kernel died: {exc}", file=sys.stderr)
-        return KERNEL_DIED
+        pass  # some cells raised; their errors are in the learner frame
+    except DeadKernelError:
+        status, message = "kernel_died", KERNEL_DIED
     except Exception as exc:  # noqa: BLE001 - any failure becomes a message, never a crash
         text = str(exc)
-        if "Kernel died" in text or "kernel died" in text:
-            print(f"the kernel died: {text[:500]}", file=sys.stderr)
-            return KERNEL_DIED
-        print(f"{type(exc).__name__}: {text[:2000]}", file=sys.stderr)
-        return FAILED
+        if "kernel died" in text.lower():
+            status, message = "kernel_died", KERNEL_DIED
+        else:
+            status, message = "failed", f"{type(exc).__name__}: {text[:500]}"
+    recorder.learner_done()
+    for cell_id in captures:
+        if status == "completed":
+            recorder.take(cell_id)
+    return status, message
+
+
+def main(argv: list[str] | None = None) -> int:
+    _not_dumpable()  # first: the payload below holds the hidden inputs
+    parser = argparse.ArgumentParser(description="the grader's executor (runs inside the sandbox)")
+    parser.add_argument("--result-fd", type=int, required=True)
+    args = parser.parse_args(argv)
+    fd = args.result_fd
+    try:
+        payload = json.loads(sys.stdin.buffer.read())
+        sys.stdin.close()
+        status, message = execute(payload, fd)
+    except Exception as exc:  # noqa: BLE001
+        import traceback
+
+        traceback.print_exc()  # the grader keeps the last lines of stderr
+        status, message = "failed", f"{type(exc).__name__}: {str(exc)[:500]}"
+    try:
+        send(fd, "end", json.dumps({"status": status, "message": message}).encode())
+    except OSError:
+        return 1
     return 0
+
+
+# =========================================================================== trusted side
+
+
+@dataclass
+class Execution:
+    status: str                      # completed | timeout | crashed
+    seconds: float
+    message: str = ""
+    errors: list = field(default_factory=list)          # the learner's cells that raised
+    more_errors: int = 0
+    captures: dict = field(default_factory=dict)        # phase -> bytes (untrusted)
+    sandbox: dict = field(default_factory=dict)         # what isolation applied, memory peak
+    nonce: str = ""                                     # what a capture of this run must carry
+
+
+def sandbox_env(cache: Path) -> dict[str, str]:
+    """A minimal environment for the executor and the kernel: nothing of the grader's shell leaks in."""
+    from .sandbox import ROOT, WORK
+
+    return {
+        "PATH": f"{Path(sys.executable).parent}:/usr/local/bin:/usr/bin:/bin",
+        "HOME": WORK,
+        "USER": "student",
+        "LOGNAME": "student",
+        "TMPDIR": "/tmp",
+        "LANG": "C.UTF-8",
+        "LC_ALL": "C.UTF-8",
+        "PYTHONPATH": str(ROOT),
+        "IPYTHONDIR": f"{WORK}/.ipython",
+        "JUPYTER_RUNTIME_DIR": "/tmp/jupyter-runtime",
+        "JUPYTER_PLATFORM_DIRS": "1",
+        "MPLCONFIGDIR": "/tmp/matplotlib",
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "PYDEVD_DISABLE_FILE_VALIDATION": "1",
+        "LLM_COURSE_CACHE": str(cache),
+        "LLM_COURSE_GRADING": "1",
+    }
+
+
+def _rlimits(limits) -> None:
+    """Per-process limits, set in the child before exec (they survive bubblewrap and setpriv)."""
+    import resource
+
+    for name, value in (("RLIMIT_AS", limits.memory_bytes), ("RLIMIT_FSIZE", limits.file_bytes),
+                        ("RLIMIT_CPU", limits.total_timeout * 2), ("RLIMIT_CORE", 0)):
+        try:
+            resource.setrlimit(getattr(resource, name), (value, value))
+        except (ValueError, OSError):
+            pass
+
+
+def _read_frames(fd: int, deadline: float, limit: int) -> tuple[dict[str, bytes], bool]:
+    """Frames from the executor until EOF, ``deadline`` or ``limit`` bytes; ``(frames, timed_out)``."""
+    frames: dict[str, bytes] = {}
+    buffer = bytearray()
+    timed_out = False
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            timed_out = True
+            break
+        ready, _, _ = select.select([fd], [], [], min(left, 1.0))
+        if not ready:
+            continue
+        chunk = os.read(fd, 1 << 20)
+        if not chunk:
+            break
+        buffer += chunk
+        if len(buffer) > limit:
+            break
+        while len(buffer) >= FRAME_NAME + 8:
+            size = int.from_bytes(buffer[FRAME_NAME:FRAME_NAME + 8], "little")
+            if len(buffer) < FRAME_NAME + 8 + size:
+                break
+            name = bytes(buffer[:FRAME_NAME]).decode("ascii", "replace").strip()
+            frames.setdefault(name, bytes(buffer[FRAME_NAME + 8:FRAME_NAME + 8 + size]))
+            del buffer[:FRAME_NAME + 8 + size]
+    return frames, timed_out
+
+
+def run(nb, assignment, limits, parameters: dict | None = None, keep_executed: Path | None = None) -> Execution:
+    """Execute ``nb`` (already validated) in the sandbox with the grader's cells; never raises for its content."""
+    import inspect
+
+    import nbformat
+
+    from . import capture, netguard
+    from .sandbox import Cgroup, bwrap_argv, fresh_uid, isolation
+    from utils.assets import cache_dir
+
+    start = time.perf_counter()
+    box = isolation()
+    run_id = secrets.token_hex(8)
+    nonce = secrets.token_hex(16)
+    cells = []
+    for phase, hidden in (("public", False), ("hidden", True)):
+        if any(case.hidden == hidden for ex in assignment.exercises for case in ex.cases):
+            path = f".grader-{run_id}/{phase}.bin"
+            cells.append({"id": f"grader-{run_id}-{phase}", "phase": phase, "path": path,
+                          "source": capture.cell_source(assignment.exercises, hidden, path, nonce)})
+    payload = json.dumps({
+        "notebook": nbformat.writes(nb), "parameters": parameters or {}, "cells": cells,
+        "cell_timeout": limits.cell_timeout, "output_bytes": limits.output_bytes,
+        "keep_notebook": keep_executed is not None,
+        "network_guard": inspect.getsource(netguard) + "\ninstall()\n",
+    }).encode()
+    cache = cache_dir()
+    env = sandbox_env(cache)
+    command = [sys.executable, "-m", "autograder.execute"]
+    uid = fresh_uid() if box.bwrap and box.root else None
+    data_fds, group = {}, None
+    read_end, write_end = os.pipe()
+    try:
+        if box.bwrap:
+            from .sandbox import _identity
+
+            for path, text in (_identity(uid) if uid is not None else {}).items():
+                r, w = os.pipe()
+                os.write(w, text.encode())
+                os.close(w)
+                data_fds[path] = r
+            argv = bwrap_argv(box, limits, tuple(assignment.references), cache, uid, data_fds)
+            argv += [*command, "--result-fd", str(write_end)]
+            cwd = "/"
+        else:  # no sandbox at all (said in the record): a private temporary folder
+            import tempfile
+
+            cwd = tempfile.mkdtemp(prefix="course-grade-")
+            env.update(HOME=cwd, TMPDIR=cwd, IPYTHONDIR=f"{cwd}/.ipython", JUPYTER_RUNTIME_DIR=f"{cwd}/.runtime",
+                       MPLCONFIGDIR=f"{cwd}/.matplotlib")
+            argv = [*command, "--result-fd", str(write_end)]
+        if box.cgroup:
+            group = Cgroup.create(box.cgroup, limits)
+
+        def child_setup():
+            if group is not None:
+                group.join()
+            _rlimits(limits)
+
+        process = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.PIPE, pass_fds=(write_end, *data_fds.values()),
+                                   preexec_fn=child_setup, start_new_session=True)
+        os.close(write_end)
+        write_end = -1
+        for fd in data_fds.values():
+            os.close(fd)
+        data_fds = {}
+        stderr_tail = bytearray()
+
+        def feed():
+            try:
+                process.stdin.write(payload)
+                process.stdin.close()
+            except (BrokenPipeError, OSError):
+                pass
+
+        def drain():  # keep the last few kB of the executor's stderr, for the grader's own errors
+            for line in iter(process.stderr.readline, b""):
+                stderr_tail.extend(line)
+                del stderr_tail[:-4096]
+
+        threads = [threading.Thread(target=feed, daemon=True), threading.Thread(target=drain, daemon=True)]
+        for thread in threads:
+            thread.start()
+        frames, timed_out = _read_frames(read_end, time.monotonic() + limits.total_timeout,
+                                         2 * MAX_CAPTURE + MAX_NOTEBOOK + MAX_LEARNER)
+        try:
+            os.killpg(process.pid, signal.SIGKILL)  # bubblewrap, and with it the whole PID namespace
+        except ProcessLookupError:
+            pass
+        process.wait()
+        if group is not None:
+            group.kill()
+        seconds = time.perf_counter() - start
+        described = box.describe()
+        if group is not None:
+            described["cgroup"] = group.describe()
+            described["memory_peak_bytes"] = group.memory_peak()
+            described["notes"] = described["notes"] + group.notes
+        oom = group is not None and group.oom_killed()
+        learner = _json(frames.get("learner"), MAX_LEARNER)
+        errors = learner.get("errors") if isinstance(learner.get("errors"), list) else []
+        more = learner.get("more_errors") if type(learner.get("more_errors")) is int else 0
+        if keep_executed is not None and frames.get("notebook"):
+            keep_executed.parent.mkdir(parents=True, exist_ok=True)
+            keep_executed.write_bytes(frames["notebook"])
+        end = _json(frames.get("end"), 4096)
+        captures = {phase: frames[phase] for phase in ("public", "hidden") if phase in frames}
+        result = Execution("completed", seconds, "", errors, more, captures, described, nonce)
+        if timed_out:
+            result.status, result.message = "timeout", f"the notebook ran longer than {limits.total_timeout} s and was stopped"
+        elif end.get("status") == "completed":
+            pass
+        elif end.get("status") == "kernel_died" or oom:
+            result.status = "crashed"
+            result.message = KERNEL_DIED + (f"; the run reached its memory limit ({limits.memory_bytes / 1024 ** 3:g} GiB)"
+                                             if oom else "")
+        elif end.get("status") == "failed":
+            result.status, result.message = "crashed", f"the grader could not run the notebook: {str(end.get('message'))[:300]}"
+        else:
+            tail = bytes(stderr_tail).decode("utf-8", "replace").strip().splitlines()
+            why = "the notebook's process was killed before the grader's cells ended"
+            if tail and tail[-1].startswith("bwrap:"):
+                why = f"the grader could not start the sandbox: {tail[-1][:300]}"
+            result.status, result.message = "crashed", why
+        return result
+    finally:
+        for fd in (read_end, write_end, *data_fds.values()):
+            if fd >= 0:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        if group is not None:
+            group.remove()
+        if not box.bwrap and "cwd" in locals() and cwd != "/":
+            import shutil
+
+            shutil.rmtree(cwd, ignore_errors=True)
+
+
+def _json(data: bytes | None, limit: int) -> dict:
+    """A frame's JSON object, or ``{}`` when it is missing, too big or not an object."""
+    if not data or len(data) > limit:
+        return {}
+    try:
+        value = json.loads(data.decode("utf-8"))
+    except (ValueError, RecursionError):
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 if __name__ == "__main__":

@@ -1,26 +1,35 @@
-"""What an exercise manifest says: the callable, its points, its cases and its known mistakes.
+"""What an exercise is, in two halves that live in two folders.
 
-A manifest (one module per notebook in ``autograder/manifests/``) is plain Python that the
-*trusted* grader reads. Four functions describe one exercise:
+**The manifest** (``autograder/manifests/<topic>.py``, an :class:`Exercise`) is what a learner's
+kernel may see: the callable's name, its points, its cases and two functions:
 
 ``make_inputs(params, rng) -> dict``
     Plain data only (NumPy arrays and numbers): the same inputs go to the learner's kernel and to
     the reference, and survive an ``.npz`` round trip with ``allow_pickle=False``.
 ``call(fn, inputs) -> dict``
     Runs in the learner's kernel: calls the learner's ``fn`` on the inputs and returns named
-    outputs. Its source is copied into the capture cell, so it must import what it uses itself.
+    outputs. Its source is copied into the grader's cell, so it imports what it uses itself, and
+    it never imports a reference solution (the sandbox leaves those out).
+
+**The oracle** (``autograder/oracles/<topic>.py``, an :class:`Oracle`) is the trusted side, which
+the sandbox never shows a kernel:
+
 ``reference(inputs) -> dict``
-    Runs in the trusted process only: the expected outputs, from an external oracle where one
-    exists (``torch.nn.functional.scaled_dot_product_attention``, ``torch.nn.MultiheadAttention``).
+    The expected outputs, from an external implementation where one exists
+    (``torch.nn.functional.scaled_dot_product_attention``, ``GPT2LMHeadModel``, ...), otherwise
+    from the course's reference code in ``utils``.
 ``Detector.produce(inputs) -> dict``
     A known wrong answer (unscaled attention, an inverted mask, ...). If the learner's output
     matches it, the feedback names the mistake instead of saying only "wrong".
+``judge(inputs, outputs) -> (reason, hint)``
+    Instead of a reference, for a *random* exercise (masking tokens, drawing batches): ``call``
+    draws many seeded samples, and the judge checks exact invariants on every sample and
+    statistics over all of them, each test at a stated significance (an exact tail probability),
+    returning ``(None, None)`` when they all hold.
 
-A *random* exercise (masking tokens, drawing batches) has no single right output, so instead of a
-``reference`` it has a ``judge(inputs, outputs) -> (reason, hint)``: ``call`` draws many seeded
-samples, and the judge checks exact invariants on every sample and statistics over all of them
-(each with a stated tolerance of several standard deviations), returning ``(None, None)`` when
-they all hold.
+An :class:`Assignment` also names its **reference modules** (``"utils.gpt"``): the modules of
+``utils`` that hold the solutions of its exercises. Later notebooks import them; while this
+notebook is graded, the sandbox leaves them out.
 """
 from __future__ import annotations
 
@@ -70,13 +79,13 @@ class Exercise:
     points: float
     make_inputs: Callable[[dict, np.random.Generator], Inputs]
     call: Callable[[Callable, Inputs], Outputs]
-    reference: Callable[[Inputs], Outputs] | None   # None for a judged (random) exercise
     cases: tuple[Case, ...]
-    detectors: tuple[Detector, ...] = ()
-    judge: Callable[[Inputs, dict], tuple[str | None, str | None]] | None = None
     atol: float = 1e-5
     rtol: float = 1e-4
     summary: str = ""       # one line for feedback: what the exercise asks for
+    builds_on: tuple[str, ...] = ()    # exercises whose code this one runs (a failure there is named here)
+    library: tuple[str, ...] = ()      # names that do the exercise for the learner (flagged for the instructor)
+    reference_impl: str = ""           # "utils.gpt:GPT": the course's version, for demos when the learner's fails
 
     def __post_init__(self):
         names = [case.name for case in self.cases]
@@ -84,8 +93,6 @@ class Exercise:
             raise ValueError(f"{self.id}: duplicate case names {names}")
         if not any(not case.hidden for case in self.cases):
             raise ValueError(f"{self.id}: needs at least one public case for the self-check")
-        if (self.reference is None) == (self.judge is None):
-            raise ValueError(f"{self.id}: give exactly one of `reference` and `judge`")
 
     def public_cases(self) -> list[Case]:
         return [case for case in self.cases if not case.hidden]
@@ -98,12 +105,26 @@ class Exercise:
 
 
 @dataclass(frozen=True)
+class Oracle:
+    """The trusted half of an exercise: a ``reference`` or a ``judge``, and its known mistakes."""
+
+    reference: Callable[[Inputs], Outputs] | None = None
+    judge: Callable[[Inputs, dict], tuple[str | None, str | None]] | None = None
+    detectors: tuple[Detector, ...] = ()
+
+    def __post_init__(self):
+        if (self.reference is None) == (self.judge is None):
+            raise ValueError("give exactly one of `reference` and `judge`")
+
+
+@dataclass(frozen=True)
 class Assignment:
-    """The graded exercises of one notebook, e.g. ``01_attention``."""
+    """The graded exercises of one notebook, e.g. ``01_attention``, and its reference modules."""
 
     notebook: str
     title: str
     exercises: tuple[Exercise, ...]
+    references: tuple[str, ...] = ()   # utils modules holding its solutions, hidden while it is graded
 
     def __post_init__(self):
         ids = [ex.id for ex in self.exercises]

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 
 from utils.assets import load_gpt2_tokenizer, shakespeare_text
-from utils.bpe import gpt2_merges_and_vocab
+from utils.tokenization import gpt2_merges_and_vocab
 
 from .common import interleaved_median_seconds, solution_namespace
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 
 from utils.assets import shakespeare_text
-from utils.bpe import train_library_tokenizer
+from utils.tokenization import train_library_tokenizer
 
 from .common import interleaved_median_seconds, solution_namespace
 

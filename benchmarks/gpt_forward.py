@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from utils.gpt import gpt2_config
+from utils.models import gpt2_config
 
 from .common import interleaved_median_seconds, solution_namespace
 

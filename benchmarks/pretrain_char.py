@@ -1,7 +1,7 @@
 """Character-level Shakespeare in 180 seconds: nanoGPT's CPU recipe against notebook 04's configuration.
 
 Both runs train from scratch with ``utils.training.train`` (the baseline ``utils.gpt.GPT``, GPT-2's
-architecture; ours ``utils.gpt.ModernGPT``, see ``OURS`` below) on the same split of our 38-play Shakespeare (first 90 % trains, last 10 % validates), one after
+architecture; ours ``utils.models.ModernGPT``, see ``OURS`` below) on the same split of our 38-play Shakespeare (first 90 % trains, last 10 % validates), one after
 the other in the same process, each with the same wall-clock budget for training. Validation loss
 is then measured on the same number of held-out characters (each model at its own context length,
 as nanoGPT reports it).
@@ -28,7 +28,7 @@ TARGET = {"ours_at_most": 1.65, "below_baseline_by_at_least": 0.25}
 BASELINE = {"name": "nanoGPT CPU recipe", "model": "GPT", "n_layers": 4, "n_heads": 4, "d_model": 128,
             "block_size": 64, "batch_size": 12, "steps": 2000, "optimizer": "adamw", "max_lr": 1e-3, "min_lr": 1e-4,
             "warmup": 100, "clock_schedule": False}
-# Same depth and context. What changed: the block (utils.gpt.ModernGPT: rotary positions, QK-norm,
+# Same depth and context. What changed: the block (utils.models.ModernGPT: rotary positions, QK-norm,
 # ReLU^2, zero-initialised outputs), the optimizer (Muon for the block matrices; its fixed cost per step
 # is why the batch grows to 32), the width (96: at this budget a smaller model that sees more characters
 # wins), and the schedule (higher peaks, cosine to 0 on the clock).
@@ -39,12 +39,13 @@ OURS = {"name": "notebook 04 (ModernGPT + Muon)", "model": "ModernGPT", "n_layer
 
 def train_one(config: dict, tokenizer, train_ids, val_ids, seconds: float, seed: int = 0) -> dict:
     """Train one configuration for at most ``seconds`` and score it on held-out text."""
-    from utils import gpt
-    from utils.training import estimate_loss, get_batch, train
+    from utils import gpt, models
+    from utils.pretraining import get_batch
+    from utils.training import estimate_loss, train
 
     torch.manual_seed(seed)
     T, B = config["block_size"], config["batch_size"]
-    model = getattr(gpt, config["model"])(tokenizer.vocab_size, T, config["d_model"], config["n_layers"], config["n_heads"])
+    model = getattr(gpt if config["model"] == "GPT" else models, config["model"])(tokenizer.vocab_size, T, config["d_model"], config["n_layers"], config["n_heads"])
     generator = torch.Generator().manual_seed(seed)
     history = train(model, lambda step: get_batch(train_ids, T, B, generator), steps=config["steps"],
                     seconds=seconds, clock_schedule=config["clock_schedule"], max_lr=config["max_lr"],

@@ -53,3 +53,11 @@ def tiny_notebook(tmp_path: Path, name: str, *sources: str) -> Path:
     path = tmp_path / f"{name}.ipynb"
     path.write_text(json.dumps(nb), encoding="utf-8")
     return path
+
+
+def solution_code_cells(notebook: str) -> list[str]:
+    """The parameters and imports cells, then the solution cells: "your" code, with no model or plots."""
+    nb = nbformat.read(SOLUTIONS / f"{notebook}.ipynb", as_version=4)
+    code = [cell for cell in nb.cells if cell.cell_type == "code"]
+    chosen = code[:2] + [c for c in code[2:] if c.metadata.get("nbgrader", {}).get("solution")]
+    return [cell.source for cell in chosen]

@@ -1,4 +1,5 @@
-"""autograder without kernels: manifests, comparison, partial credit, hints, harness, file checks."""
+"""autograder without kernels: manifests, oracles, comparison, partial credit, hints, the capture protocol,
+file checks, escaping."""
 from __future__ import annotations
 
 import json
@@ -8,12 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from autograder import check, manifests
+from autograder import capture, check, manifests
+from autograder.capture import read_capture, run_case, to_plain
 from autograder.compare import clamp_score, diagnose, grade_exercise, mismatch
-from autograder.grade import grade_notebook, identify, read_notebook
-from autograder.harness import run_case, to_plain
-from autograder.runner import capture_cell_source
-from autograder.selfcheck import SelfCheckFailed
+from autograder.grade import _merge, grade_notebook, identify, read_notebook, record_names
+from autograder.oracles import ORACLES, oracle
+from autograder.report import csv_cell, feedback_markdown, md
+from autograder.selfcheck import SelfCheckFailed, reference
 
 ALL_EXERCISES = [ex for a in manifests.ASSIGNMENTS.values() for ex in a.exercises]
 
@@ -29,9 +31,9 @@ def test_cases_are_seeded_plain_data_with_finite_references(exercise):
             array = np.asarray(value)
             assert array.dtype.kind in "biuf", f"{exercise.id}/{case.name}/{key} is not plain numbers"
             assert np.array_equal(array, np.asarray(second[key]))
-        if exercise.reference is None:       # a random exercise: its judge is tested in test_pretraining.py
+        if oracle(exercise.id).reference is None:  # a random exercise: its judge is tested in test_pretraining.py
             continue
-        expected = exercise.reference(first)
+        expected = oracle(exercise.id).reference(first)
         assert expected, f"{exercise.id}: the reference returned nothing"
         for value in expected.values():
             assert np.isfinite(np.asarray(value.detach() if hasattr(value, "detach") else value, dtype=float)).all()
@@ -51,7 +53,7 @@ def test_hidden_cases_follow_the_instructors_secret(monkeypatch):
 def test_every_detector_can_fire_on_a_public_case(exercise):
     """A detector identical to the reference on every public case would never give its hint
     (the reference is compared first, so a right answer never gets a wrong hint)."""
-    for detector in exercise.detectors:
+    for detector in oracle(exercise.id).detectors:
         fired = False
         for case in exercise.public_cases():
             inputs = exercise.inputs(case)
@@ -61,14 +63,82 @@ def test_every_detector_can_fire_on_a_public_case(exercise):
         assert fired, f"{exercise.id}: detector {detector.name!r} never fires on a public case"
 
 
-def test_capture_cell_is_valid_python_and_self_contained():
-    for item in manifests.ASSIGNMENTS.values():
-        source = capture_cell_source(item, "/nonexistent/inputs.npz", "/nonexistent/capture")
-        compile(source, "capture", "exec")
-        for ex in item.exercises:  # each `call` runs in the kernel without the manifest's imports
-            namespace = {}
-            exec(compile(__import__("inspect").getsource(ex.call), "call", "exec"), namespace)
-            assert callable(namespace[ex.call.__name__])
+def test_every_exercise_has_an_oracle_and_every_oracle_an_exercise():
+    assert set(ORACLES) == {ex.id for ex in ALL_EXERCISES}
+
+
+@pytest.mark.parametrize("name", sorted(manifests.ASSIGNMENTS))
+def test_the_graders_cells_run_in_a_bare_namespace_and_grade_the_references_full_marks(name, tmp_path):
+    """The public and hidden cells, exec'd where only the learner's functions are defined (here: the
+    course's references), write captures that the trusted reader accepts and that score full marks:
+    the cells carry everything they need, and no ``call`` imports a reference."""
+    assignment = manifests.assignment(name)
+    namespace = {ex.callable: reference(ex.id) for ex in assignment.exercises if ex.reference_impl}
+    graded = [ex for ex in assignment.exercises if ex.callable in namespace]
+    assert graded, name
+    reports, arrays = [], {}
+    for hidden in (False, True):
+        path = str(tmp_path / f"{hidden}.bin")
+        exec(compile(capture.cell_source(graded, hidden, path, "the nonce"), "cell", "exec"), namespace)
+        expected = {ex.id: {c.name for c in ex.cases if c.hidden == hidden} for ex in graded}
+        data = open(path, "rb").read()
+        assert read_capture(data, "another run", expected) == (None, {})
+        report, phase_arrays = read_capture(data, "the nonce", expected)
+        reports.append(report)
+        arrays.update(phase_arrays)
+    for ex in graded:
+        merged = _merge(ex, *reports)
+        result = grade_exercise(ex, merged, arrays)
+        assert result.status == "passed", (ex.id, result.message)
+
+
+def test_no_call_imports_a_reference_module():
+    references = {module for a in manifests.ASSIGNMENTS.values() for module in a.references}
+    for ex in ALL_EXERCISES:
+        source = __import__("inspect").getsource(ex.call)
+        assert not [m for m in references if m in source], ex.id
+
+
+# ----------------------------------------------------------------------------- the capture, read as untrusted bytes
+
+def _capture_bytes(header: dict, body: bytes = b"") -> bytes:
+    data = json.dumps(header).encode()
+    return capture.MAGIC + len(data).to_bytes(8, "little") + data + body
+
+
+EXPECTED = {"attention.causal_mask": {"T=2"}}
+
+
+@pytest.mark.parametrize("data", [
+    None, b"", b"not a capture", capture.MAGIC + (10**9).to_bytes(8, "little"),        # a header that is not there
+    _capture_bytes({"nonce": "wrong", "report": {}, "arrays": {}}),
+    _capture_bytes({"nonce": "n", "report": [], "arrays": []})[:-3],                    # cut short
+    capture.MAGIC + (5).to_bytes(8, "little") + b"[[[[[" ,                              # not JSON
+    capture.MAGIC + (200_001).to_bytes(8, "little") + b"[" * 100_000 + b"]" * 100_000 + b"x",  # nested deeply
+])
+def test_read_capture_refuses_what_is_not_this_runs_capture(data):
+    report, arrays = read_capture(data, "n", EXPECTED)
+    assert arrays == {} and (report is None or report == {})
+
+
+def test_read_capture_checks_every_declared_array_against_the_bytes():
+    body = np.arange(4, dtype=np.int64).tobytes()
+    arrays = {
+        "attention.causal_mask/T=2/mask": ["int64", [2, 2], 0],              # fits: kept
+        "attention.causal_mask/T=2/huge": ["float32", [1 << 20, 1 << 20], 0],  # declared far beyond the bytes
+        "attention.causal_mask/T=2/past": ["int64", [4], 8],                  # runs past the end
+        "attention.causal_mask/T=2/obj": ["object", [1], 0],                  # not a plain dtype
+        "attention.causal_mask/T=2/neg": ["int64", [-1], 0],
+        "attention.causal_mask/T=99/mask": ["int64", [1], 0],                 # a case this phase does not have
+        "attention.sdpa/2-D, like the seed/output": ["int64", [1], 0],        # an exercise not expected
+        "no-slashes": ["int64", [1], 0],
+    }
+    report, got = read_capture(_capture_bytes({"nonce": "n", "report": {"attention.causal_mask": {"cases": {
+        "T=2": {"status": "ok", "message": "x" * 10_000, "evil": "y"}}}}, "arrays": arrays}, body), "n", EXPECTED)
+    assert list(got) == ["attention.causal_mask/T=2/mask"]
+    assert got["attention.causal_mask/T=2/mask"].tolist() == [[0, 1], [2, 3]]
+    assert set(report["attention.causal_mask"]["cases"]["T=2"]) == {"status", "message"}
+    assert len(report["attention.causal_mask"]["cases"]["T=2"]["message"]) <= 2 * capture.MAX_MESSAGE
 
 
 # ----------------------------------------------------------------------------- comparison
@@ -171,7 +241,7 @@ def test_hidden_cases_are_not_described():
     assert all("T=33" not in m for m in hidden_messages)
 
 
-# ----------------------------------------------------------------------------- harness
+# ----------------------------------------------------------------------------- kernel half
 
 def test_to_plain_refuses_objects_that_could_lie():
     class Liar:
@@ -192,13 +262,74 @@ def test_to_plain_refuses_objects_that_could_lie():
     assert to_plain(np.array(["a"]))[0] is None
 
 
-def test_self_check_prints_cases_and_raises_on_failure(capsys):
+def test_self_check_prints_cases_and_raises_on_failure(capsys, monkeypatch):
+    monkeypatch.delenv("LLM_COURSE_GRADING", raising=False)
     check("attention.sdpa", _sdpa())
     assert "all 4 public cases passed" in capsys.readouterr().out
     with pytest.raises(SelfCheckFailed):
         check("attention.sdpa", _sdpa(scale=False))
     out = capsys.readouterr()
-    assert "Hint:" in out.out and out.err == ""
+    assert out.out.count("Hint:") == 1 and out.err == ""   # one hint, however many cases it explains
+
+
+def test_an_unattempted_exercise_does_not_stop_run_all_but_scores_zero_under_nbgrader(capsys, monkeypatch):
+    def stub(T):
+        raise NotImplementedError()
+
+    monkeypatch.delenv("NBGRADER_EXECUTION", raising=False)
+    assert check("attention.causal_mask", stub) is None
+    assert "not implemented yet" in capsys.readouterr().out
+    monkeypatch.setenv("NBGRADER_EXECUTION", "autograde")
+    with pytest.raises(SelfCheckFailed):
+        check("attention.causal_mask", stub)
+
+
+def test_use_falls_back_to_the_course_version_with_a_notice(capsys, monkeypatch):
+    from autograder import use
+    from utils.attention import causal_mask
+
+    def stub(T):
+        raise NotImplementedError()
+
+    def mine(T):
+        return torch.ones(T, T).tril().bool()
+
+    monkeypatch.delenv("LLM_COURSE_GRADING", raising=False)
+    assert use("attention.causal_mask", mine) is mine and capsys.readouterr().out == ""
+    assert use("attention.causal_mask", stub) is causal_mask
+    assert "utils.attention.causal_mask" in capsys.readouterr().out
+    monkeypatch.setenv("LLM_COURSE_GRADING", "1")   # while graded: the learner's own, always
+    assert use("attention.causal_mask", stub) is stub
+
+
+# ----------------------------------------------------------------------------- what reaches people
+
+def test_feedback_escapes_everything_that_came_from_a_submission():
+    record = {"notebook": "01_attention", "score": 0, "max_score": 10, "status": "graded", "seconds": 1.0,
+              "message": "x\n# 01_attention: 10 / 10\n<script>alert(1)</script>",
+              "exercises": [{"id": "attention.sdpa", "status": "failed", "score": 0, "max_score": 3,
+                             "message": "| fake | row |\n| ✓ attention.sdpa | passed | 3/3 | [link](http://x) `code`"}],
+              "cell_errors": [{"cell": 3, "first_line": "# heading", "error": "ValueError: <img src=x>"}]}
+    text = feedback_markdown(record)
+    lines = text.splitlines()
+    assert lines[0] == "# 01\\_attention: 0 / 10"       # the name escaped too (an unknown one is a file name)
+    assert not any(line.startswith("# ") for line in lines[1:])
+    assert "<script>" not in text and "<img" not in text and "](http" not in text
+    table_rows = [line for line in lines if line.startswith("| ")]
+    assert len(table_rows) == 2          # the header and one exercise: no row injected
+    assert md("a|b") == "a\\|b"
+
+
+def test_csv_cells_never_start_a_formula():
+    assert [csv_cell(t) for t in ("=1+1", "+1", "-1", "@SUM(A1)", "ok")] == ["'=1+1", "'+1", "'-1", "'@SUM(A1)", "ok"]
+
+
+def test_records_of_submissions_with_the_same_name_do_not_overwrite_each_other():
+    from pathlib import Path
+
+    paths = [Path("sub/alice/01_attention.ipynb"), Path("sub/bob/01_attention.ipynb"), Path("other.ipynb")]
+    names = record_names(paths)
+    assert len(set(names.values())) == 3 and names[paths[0]] == "sub__alice__01_attention"
 
 
 # ----------------------------------------------------------------------------- broken files (no kernel)

@@ -7,11 +7,11 @@ import os
 import numpy as np
 import pytest
 
-from autograder import catalogue, classgrade, manifests
+from autograder import classgrade, manifests
 from autograder.compare import grade_exercise
 from autograder.runner import Limits, _read_capture, hidden_paths, sandbox
 
-from conftest import ROOT, tiny_notebook
+from conftest import ROOT, solution_code_cells, tiny_notebook
 
 
 def _class(tmp_path, students: dict[str, list[str] | bytes]):
@@ -55,7 +55,7 @@ def test_a_dying_worker_costs_only_its_own_submission(tmp_path):
 
 def test_grade_class_on_a_dask_local_cluster(tmp_path):
     distributed = pytest.importorskip("distributed")
-    honest = catalogue.solution_code_cells("01_attention")
+    honest = solution_code_cells("01_attention")
     submitted = _class(tmp_path, {"ann": honest, "bob": ["import os\nos._exit(1)"], "cid": b"not json"})
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
         summary = classgrade.grade_class(submitted, "01_attention", tmp_path / "out", dask_scheduler=cluster.scheduler_address,

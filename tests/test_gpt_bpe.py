@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from utils import bpe, gpt
+from utils import bpe, gpt, models, tokenization
 from utils.assets import load_gpt2_tokenizer, shakespeare_text
 
 TRICKY = [
@@ -29,7 +29,7 @@ TRICKY = [
 
 @pytest.fixture(scope="module")
 def gpt2_tables():
-    return bpe.gpt2_merges_and_vocab()
+    return tokenization.gpt2_merges_and_vocab()
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +41,7 @@ def test_reference_gpt_reproduces_gpt2lmheadmodel():
     from transformers import GPT2LMHeadModel
 
     torch.manual_seed(0)
-    config = gpt.gpt2_config(vocab_size=97, n_positions=24, d_model=48, n_layers=3, n_heads=6)
+    config = models.gpt2_config(vocab_size=97, n_positions=24, d_model=48, n_layers=3, n_heads=6)
     theirs = GPT2LMHeadModel(config).eval()
     with torch.no_grad():  # make every parameter matter: non-trivial LayerNorms and biases
         for name, param in theirs.named_parameters():
@@ -87,12 +87,12 @@ def test_training_stops_when_no_pair_is_left_and_round_trips():
     merges = bpe.train_bpe("aaa bbb", 300)
     assert bpe.train_bpe_naive("aaa bbb", 300) == merges and len(merges) < 44
     merges = bpe.train_bpe(shakespeare_text()[:3_000], 320)
-    vocab = bpe.build_vocab(merges)
+    vocab = tokenization.build_vocab(merges)
     for text in TRICKY:
         assert bpe.decode(bpe.encode(text, merges, vocab), vocab) == text
 
 
 def test_bytes_to_unicode_is_gpt2s():
-    mapping = bpe.bytes_to_unicode()
+    mapping = tokenization.bytes_to_unicode()
     assert len(set(mapping.values())) == 256
     assert mapping[ord(" ")] == "Ġ" and mapping[ord("\n")] == "Ċ" and mapping[ord("A")] == "A"

@@ -14,11 +14,13 @@ import torch
 import torch.nn.functional as F
 
 from autograder.compare import diagnose
-from autograder.harness import run_case
+from autograder.capture import run_case
 from autograder.manifests import assignment, exercise
 from benchmarks.common import solution_namespace
-from utils.gpt import GPT, ModernGPT
-from utils.training import CharTokenizer, History, estimate_loss, get_batch, lr_at, orthogonalize, train
+from utils.gpt import GPT
+from utils.models import ModernGPT
+from utils.pretraining import get_batch, lr_at
+from utils.training import CharTokenizer, History, estimate_loss, orthogonalize, train
 
 ASSIGNMENT = assignment("04_pretraining")
 

@@ -1,14 +1,9 @@
-"""Byte-level BPE as in GPT-2, the reference code of notebook 03.
+"""Byte-level BPE as in GPT-2: the reference solutions of notebook 03 (hidden while it is graded).
 
-A tokenizer is two dicts:
-
-* ``merges``: ``{(id_a, id_b): new_id}`` in the order the merges were learned (an earlier merge has a
-  smaller ``new_id`` and is applied first);
-* ``vocab``: ``{id: bytes}``, the bytes each id stands for.
-
-A trained tokenizer starts from the 256 single bytes (``vocab[b] == bytes([b])``); the real GPT-2
-tokenizer (:func:`gpt2_merges_and_vocab`) numbers its single bytes in another order, which is why
-:func:`encode` looks the byte ids up in ``vocab``.
+A tokenizer is ``merges`` and ``vocab`` (see ``utils.tokenization``). A trained tokenizer starts
+from the 256 single bytes (``vocab[b] == bytes([b])``); the real GPT-2 tokenizer
+(``utils.tokenization.gpt2_merges_and_vocab``) numbers its single bytes in another order, which is
+why :func:`encode` looks the byte ids up in ``vocab``.
 
 >>> merges = train_bpe("low lower lowest", 258)
 >>> vocab = build_vocab(merges)
@@ -20,22 +15,9 @@ tokenizer (:func:`gpt2_merges_and_vocab`) numbers its single bytes in another or
 from __future__ import annotations
 
 import heapq
-import json
 from collections import Counter, defaultdict
-from functools import lru_cache
 
-import regex
-
-# GPT-2's pre-tokenisation (OpenAI's encoder.py): contractions, letters, numbers, other symbols,
-# each optionally preceded by ONE space; runs of whitespace stay together except for the space
-# before a word. BPE never merges across these chunks.
-GPT2_SPLIT_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
-_SPLIT = regex.compile(GPT2_SPLIT_PATTERN)
-
-
-def pretokenize(text: str) -> list[str]:
-    """GPT-2's chunks: ``"Hello, how are you?"`` -> ``['Hello', ',', ' how', ' are', ' you', '?']``."""
-    return _SPLIT.findall(text)
+from .tokenization import build_vocab, pretokenize  # noqa: F401  (build_vocab: used in the examples)
 
 
 def get_pair_counts(ids) -> dict[tuple[int, int], int]:
@@ -131,14 +113,6 @@ def train_bpe(text: str, vocab_size: int) -> dict[tuple[int, int], int]:
     return merges
 
 
-def build_vocab(merges: dict[tuple[int, int], int]) -> dict[int, bytes]:
-    """``{id: bytes}`` of a trained tokenizer: the 256 bytes, then each merge's two parts joined."""
-    vocab = {b: bytes([b]) for b in range(256)}
-    for (a, b), new_id in merges.items():
-        vocab[new_id] = vocab[a] + vocab[b]
-    return vocab
-
-
 def encode_chunk(data: bytes, merges: dict, byte_ids) -> list[int]:
     """BPE on one pre-tokenised chunk: apply the earliest-learned merge present until none applies."""
     ids = [byte_ids[b] for b in data]
@@ -170,72 +144,3 @@ def decode(ids, vocab: dict[int, bytes]) -> str:
     return b"".join(vocab[int(i)] for i in ids).decode("utf-8", errors="replace")
 
 
-@lru_cache(maxsize=1)
-def bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's printable stand-in for each byte: printable ASCII/Latin-1 map to themselves, the
-    others (space, control characters, ...) to characters from U+0100 on. Space -> 'Ġ' (U+0120)."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    mapping, extra = {}, 0
-    for b in range(256):
-        if b in printable:
-            mapping[b] = chr(b)
-        else:
-            mapping[b] = chr(256 + extra)
-            extra += 1
-    return mapping
-
-
-@lru_cache(maxsize=1)
-def _gpt2() -> tuple[dict, dict]:
-    from .assets import gpt2_vocab_files
-
-    encoder_path, merges_path = gpt2_vocab_files()
-    encoder = json.loads(encoder_path.read_text(encoding="utf-8"))      # printable token -> id
-    byte_of = {char: b for b, char in bytes_to_unicode().items()}
-    vocab = {token_id: bytes(byte_of[c] for c in token) for token, token_id in encoder.items()
-             if token != "<|endoftext|>"}
-    merges = {}
-    for line in merges_path.read_text(encoding="utf-8").splitlines()[1:]:  # first line: a version
-        if line.strip():
-            left, right = line.split(" ")
-            merges[(encoder[left], encoder[right])] = encoder[left + right]
-    return merges, vocab
-
-
-def gpt2_merges_and_vocab() -> tuple[dict[tuple[int, int], int], dict[int, bytes]]:
-    """The real GPT-2 tokenizer (50,000 merges, 50,256 byte tokens) as ``(merges, vocab)``.
-
-    >>> merges, vocab = gpt2_merges_and_vocab()
-    >>> encode("Hello, how are you?", merges, vocab)
-    [15496, 11, 703, 389, 345, 30]
-    """
-    merges, vocab = _gpt2()
-    return dict(merges), dict(vocab)
-
-
-def train_library_tokenizer(kind: str, texts, vocab_size: int):
-    """A ``tokenizers.Tokenizer`` of ``kind`` "BPE" (GPT-2's byte-level set-up), "WordPiece" (BERT's)
-    or "Unigram" (SentencePiece's), trained on ``texts`` (an iterable of strings)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    if kind == "BPE":
-        tokenizer = Tokenizer(models.BPE())
-        tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-        tokenizer.decoder = decoders.ByteLevel()
-        trainer = trainers.BpeTrainer(vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                      show_progress=False)
-    elif kind == "WordPiece":
-        tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-        tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-        tokenizer.decoder = decoders.WordPiece()
-        trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=["[UNK]"], show_progress=False)
-    elif kind == "Unigram":
-        tokenizer = Tokenizer(models.Unigram())
-        tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
-        tokenizer.decoder = decoders.Metaspace()
-        trainer = trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=["<unk>"], unk_token="<unk>",
-                                          show_progress=False)
-    else:
-        raise ValueError(f"kind must be BPE, WordPiece or Unigram, not {kind!r}")
-    tokenizer.train_from_iterator(texts, trainer)
-    return tokenizer

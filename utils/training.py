@@ -8,7 +8,7 @@ batch is and how its loss is computed change. So the loop takes those two as arg
 * ``loss_fn(model, batch) -> loss``        what the objective is (next-token cross-entropy by default).
 
 Everything else is the recipe of GPT-style pretraining: AdamW with weight decay on matrices only,
-linear warm-up then cosine decay of the learning rate (:func:`lr_at`), gradient clipping, periodic
+linear warm-up then cosine decay of the learning rate (``lr_at``, notebook 04), gradient clipping, periodic
 validation, a progress bar and, in a notebook, a loss curve that redraws as it trains.
 
 >>> tok = CharTokenizer("to be or not to be")
@@ -17,7 +17,6 @@ validation, a progress bar and, in a notebook, a loss curve that redraws as it t
 """
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
@@ -80,37 +79,6 @@ def char_dataset(max_chars: int | None = None, val_fraction: float = 0.1, specia
     return tokenizer, data[:n_train], data[n_train:]
 
 
-def get_batch(data: torch.Tensor, block_size: int, batch_size: int, generator: torch.Generator | None = None):
-    """``batch_size`` random windows of a 1-D token tensor: inputs ``x`` and next-token targets ``y``.
-
-    Every start in ``[0, len(data) - block_size - 1]`` is equally likely; ``y`` is ``x`` one step on.
-
-    >>> x, y = get_batch(torch.arange(10), block_size=4, batch_size=2, generator=torch.Generator().manual_seed(0))
-    >>> x.shape, bool((x[:, 1:] == y[:, :-1]).all()), bool((y - x == 1).all())
-    (torch.Size([2, 4]), True, True)
-    """
-    starts = torch.randint(len(data) - block_size, (batch_size,), generator=generator)  # (B,)
-    offsets = torch.arange(block_size)                                                  # (T,)
-    index = starts[:, None] + offsets                                                   # (B, T)
-    return data[index], data[index + 1]
-
-
-def lr_at(step: int, warmup: int, total: int, max_lr: float, min_lr: float) -> float:
-    """Linear warm-up from 0 to ``max_lr`` over ``warmup`` steps, then half a cosine down to ``min_lr``
-    at ``total``; ``min_lr`` after that. The same numbers as ``transformers``'
-    ``get_cosine_with_min_lr_schedule_with_warmup``.
-
-    >>> [round(lr_at(s, warmup=2, total=6, max_lr=1.0, min_lr=0.1), 3) for s in range(8)]
-    [0.0, 0.5, 1.0, 0.868, 0.55, 0.232, 0.1, 0.1]
-    """
-    if step < warmup:
-        return max_lr * step / warmup
-    if step >= total:
-        return min_lr
-    progress = (step - warmup) / max(1, total - warmup)                # 0 -> 1
-    return min_lr + (max_lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
 def next_token_loss(model, batch) -> torch.Tensor:
     """The causal objective on a ``(x, y)`` batch: cross-entropy of ``model(x)`` against ``y``."""
     x, y = batch
@@ -120,9 +88,15 @@ def next_token_loss(model, batch) -> torch.Tensor:
 
 @torch.no_grad()
 def estimate_loss(model, data: torch.Tensor, block_size: int, batch_size: int = 32, n_batches: int = 20,
-                  seed: int = 1234, loss_fn: Callable = next_token_loss) -> float:
+                  seed: int = 1234, loss_fn: Callable = next_token_loss, get_batch: Callable | None = None) -> float:
     """Mean loss over ``n_batches`` windows drawn with a fixed seed: the same windows every call,
-    so two models (or two points of one run) are compared on the same text."""
+    so two models (or two points of one run) are compared on the same text.
+
+    ``get_batch(data, block_size, batch_size, generator)`` draws the windows (notebook 04 passes
+    the learner's; by default the course's ``utils.pretraining.get_batch``).
+    """
+    if get_batch is None:
+        from .pretraining import get_batch
     was_training = model.training
     model.eval()
     generator = torch.Generator().manual_seed(seed)
@@ -241,7 +215,7 @@ def train(model: torch.nn.Module, next_batch: Callable[[int], object], *, steps:
           min_lr: float | None = None, warmup: int = 0, seconds: float | None = None, clock_schedule: bool = True,
           loss_fn: Callable = next_token_loss, evaluate: Callable[[], float] | None = None,
           eval_every: int = 0, weight_decay: float = 0.1, betas=(0.9, 0.99), grad_clip: float = 1.0,
-          lr_schedule: Callable = lr_at, optimizer: str = "adamw", muon_lr: float = 0.02,
+          lr_schedule: Callable | None = None, optimizer: str = "adamw", muon_lr: float = 0.02,
           progress: bool = True, live_plot: bool = False, title: str = "Training loss") -> History:
     """Train ``model`` in place for ``steps`` steps (or until ``seconds`` have passed) and return its History.
 
@@ -255,6 +229,8 @@ def train(model: torch.nn.Module, next_batch: Callable[[int], object], *, steps:
     """
     from tqdm.auto import tqdm
 
+    if lr_schedule is None:
+        from .pretraining import lr_at as lr_schedule
     min_lr = max_lr / 10 if min_lr is None else min_lr
     if optimizer not in ("adamw", "muon"):
         raise ValueError(f"optimizer must be 'adamw' or 'muon', not {optimizer!r}")

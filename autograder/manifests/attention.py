@@ -7,10 +7,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
-from ..spec import Assignment, Case, Detector, Exercise
+from ..spec import Assignment, Case, Exercise
 
 # --------------------------------------------------------------------------- shared input helpers
 
@@ -21,10 +19,6 @@ def _causal(t_q: int, t_k: int) -> np.ndarray:
 
 def _padding(lengths, t: int) -> np.ndarray:
     return np.arange(t)[None, :] < np.asarray(lengths)[:, None]
-
-
-def _t(inputs, key):
-    return torch.from_numpy(np.array(inputs[key], copy=True))
 
 
 # --------------------------------------------------------------------------- attention.sdpa
@@ -61,37 +55,6 @@ def call_sdpa(fn, inputs):
     return {"output": result[0], "weights": result[1]}
 
 
-def _weights(q, k, mask, scale=True, mask_after=False, dim=-1):
-    scores = q @ k.transpose(-2, -1)
-    if scale:
-        scores = scores / math.sqrt(q.shape[-1])
-    if mask is not None and not mask_after:
-        scores = scores.masked_fill(~mask, float("-inf"))
-    weights = torch.softmax(scores, dim=dim)
-    if mask is not None and mask_after:
-        weights = weights.masked_fill(~mask, 0.0)
-    return weights
-
-
-def sdpa_reference(inputs):
-    q, k, v = _t(inputs, "q"), _t(inputs, "k"), _t(inputs, "v")
-    mask = _t(inputs, "mask") if "mask" in inputs else None
-    output = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # the oracle
-    return {"output": output, "weights": _weights(q, k, mask)}
-
-
-def _sdpa_variant(invert=False, **how):
-    def produce(inputs):
-        q, k, v = _t(inputs, "q"), _t(inputs, "k"), _t(inputs, "v")
-        mask = _t(inputs, "mask") if "mask" in inputs else None
-        if invert and mask is not None:
-            mask = ~mask
-        weights = _weights(q, k, mask, **how)
-        return {"output": weights @ v, "weights": weights}
-
-    return produce
-
-
 SDPA = Exercise(
     id="attention.sdpa",
     callable="scaled_dot_product_attention",
@@ -99,7 +62,6 @@ SDPA = Exercise(
     summary="softmax(q k^T / sqrt(d)) v with an optional boolean mask, returning (output, weights)",
     make_inputs=sdpa_inputs,
     call=call_sdpa,
-    reference=sdpa_reference,
     cases=(
         Case("2-D, like the seed", {"t_q": 5, "d": 8}),
         Case("batched heads, causal", {"batch": (2, 3), "t_q": 6, "d": 16, "mask": "causal"}),
@@ -109,17 +71,8 @@ SDPA = Exercise(
         Case("causal, T_q < T_k", {"batch": (2, 4), "t_q": 4, "t_k": 10, "d": 32, "mask": "causal"}, hidden=True),
         Case("padding, many heads", {"batch": (4, 8), "t_q": 12, "d": 16, "mask": "padding", "scale": 1.5}, hidden=True),
     ),
-    detectors=(
-        Detector("unscaled", _sdpa_variant(scale=False),
-                 "your scores are not divided by sqrt(d): use q @ k.transpose(-2, -1) / math.sqrt(d)"),
-        Detector("mask after softmax", _sdpa_variant(mask_after=True),
-                 "the mask is applied after the softmax, so the weights no longer sum to 1: "
-                 "fill masked scores with -inf *before* the softmax"),
-        Detector("inverted mask", _sdpa_variant(invert=True),
-                 "the mask is inverted: True means 'may attend', so fill the scores where mask is False"),
-        Detector("softmax over queries", _sdpa_variant(dim=-2),
-                 "the softmax runs over the wrong axis: each query's weights (the last axis) must sum to 1"),
-    ),
+    library=("scaled_dot_product_attention",),
+    reference_impl="utils.attention:scaled_dot_product_attention",
 )
 
 # --------------------------------------------------------------------------- attention.causal_mask
@@ -133,10 +86,6 @@ def call_causal(fn, inputs):
     return {"mask": fn(int(inputs["T"]))}
 
 
-def causal_reference(inputs):
-    return {"mask": _causal(int(inputs["T"]), int(inputs["T"]))}
-
-
 CAUSAL = Exercise(
     id="attention.causal_mask",
     callable="causal_mask",
@@ -144,17 +93,9 @@ CAUSAL = Exercise(
     summary="a (T, T) boolean mask, True on and below the diagonal",
     make_inputs=causal_inputs,
     call=call_causal,
-    reference=causal_reference,
     cases=(Case("T=2", {"T": 2}), Case("T=5", {"T": 5}), Case("T=7", {"T": 7}, hidden=True),
            Case("T=33", {"T": 33}, hidden=True)),
-    detectors=(
-        Detector("upper triangle", lambda inputs: {"mask": _causal(int(inputs["T"]), int(inputs["T"])).T},
-                 "this is the upper triangle: query i may see keys 0..i, so True must be on and BELOW the diagonal"),
-        Detector("strictly lower", lambda inputs: {"mask": np.tril(np.ones((int(inputs["T"]),) * 2, dtype=bool), k=-1)},
-                 "the diagonal is missing: a token may attend to itself"),
-        Detector("inverted", lambda inputs: {"mask": ~_causal(int(inputs["T"]), int(inputs["T"]))},
-                 "True should mean 'may attend' (the past and the token itself)"),
-    ),
+    reference_impl="utils.attention:causal_mask",
 )
 
 # --------------------------------------------------------------------------- attention.padding_mask
@@ -172,10 +113,6 @@ def call_padding(fn, inputs):
     return {"mask": fn(torch.tensor(inputs["lengths"]), int(inputs["T"]))}
 
 
-def padding_reference(inputs):
-    return {"mask": _padding(inputs["lengths"], int(inputs["T"]))}
-
-
 PADDING = Exercise(
     id="attention.padding_mask",
     callable="padding_mask",
@@ -183,15 +120,9 @@ PADDING = Exercise(
     summary="a (B, T) boolean mask, True for the first lengths[b] positions of sequence b",
     make_inputs=padding_inputs,
     call=call_padding,
-    reference=padding_reference,
     cases=(Case("B=3, T=6", {"B": 3, "T": 6}), Case("B=1, T=4", {"B": 1, "T": 4}),
            Case("B=8, T=20", {"B": 8, "T": 20}, hidden=True)),
-    detectors=(
-        Detector("inverted", lambda inputs: {"mask": ~_padding(inputs["lengths"], int(inputs["T"]))},
-                 "the mask is inverted: True marks real tokens, False the padding"),
-        Detector("off by one", lambda inputs: {"mask": np.arange(int(inputs["T"]))[None, :] <= np.asarray(inputs["lengths"])[:, None]},
-                 "off by one: a sequence of length L has real tokens at positions 0..L-1"),
-    ),
+    reference_impl="utils.attention:padding_mask",
 )
 
 # --------------------------------------------------------------------------- attention.mha
@@ -244,50 +175,6 @@ def call_mha(fn, inputs):
         return {"output": module(torch.tensor(inputs["x"]), mask=mask)}
 
 
-def _torch_mha(inputs) -> torch.nn.MultiheadAttention:
-    d, heads = int(inputs["d_model"]), int(inputs["n_heads"])
-    mha = torch.nn.MultiheadAttention(d, heads, batch_first=True)
-    with torch.no_grad():
-        mha.in_proj_weight.copy_(_t(inputs, "in_proj_weight"))
-        mha.in_proj_bias.copy_(_t(inputs, "in_proj_bias"))
-        mha.out_proj.weight.copy_(_t(inputs, "out_proj_weight"))
-        mha.out_proj.bias.copy_(_t(inputs, "out_proj_bias"))
-    return mha.eval()
-
-
-def mha_reference(inputs):
-    x = _t(inputs, "x")
-    kwargs = {}
-    if "mask" in inputs:
-        mask = _t(inputs, "mask")
-        if mask.dim() == 2:
-            kwargs["attn_mask"] = ~mask                     # torch: True = NOT allowed
-        else:
-            kwargs["key_padding_mask"] = ~mask[:, 0, 0, :]  # (B, T)
-    with torch.no_grad():
-        output, _ = _torch_mha(inputs)(x, x, x, need_weights=False, **kwargs)
-    return {"output": output}
-
-
-def _mha_variant(scale=True, no_transpose=False):
-    def produce(inputs):
-        x = _t(inputs, "x")
-        batch, t, d = x.shape
-        heads = int(inputs["n_heads"])
-        qkv = x @ _t(inputs, "in_proj_weight").T + _t(inputs, "in_proj_bias")   # (B, T, 3d)
-        q, k, v = qkv.split(d, dim=-1)
-        if no_transpose:  # the classic bug: view straight to (B, H, T, d_head)
-            q, k, v = (z.reshape(batch, heads, t, d // heads) for z in (q, k, v))
-        else:
-            q, k, v = (z.view(batch, t, heads, d // heads).transpose(1, 2) for z in (q, k, v))
-        mask = _t(inputs, "mask") if "mask" in inputs else None
-        out = _weights(q, k, mask, scale=scale) @ v                              # (B, H, T, d_head)
-        out = out.transpose(1, 2).reshape(batch, t, d)
-        return {"output": out @ _t(inputs, "out_proj_weight").T + _t(inputs, "out_proj_bias")}
-
-    return produce
-
-
 MHA = Exercise(
     id="attention.mha",
     callable="MultiHeadAttention",
@@ -295,7 +182,6 @@ MHA = Exercise(
     summary="nn.Module with q_proj, k_proj, v_proj, out_proj; forward(x, mask=None) -> (B, T, d_model)",
     make_inputs=mha_inputs,
     call=call_mha,
-    reference=mha_reference,
     atol=1e-5,
     rtol=1e-4,
     cases=(
@@ -305,17 +191,13 @@ MHA = Exercise(
         Case("one head", {"B": 1, "T": 4, "d_model": 8, "n_heads": 1}, hidden=True),
         Case("wide, causal", {"B": 2, "T": 16, "d_model": 64, "n_heads": 8, "mask": "causal"}, hidden=True),
     ),
-    detectors=(
-        Detector("unscaled", _mha_variant(scale=False),
-                 "the scores are not divided by sqrt(d_head): each head scales by its own width, d_model // n_heads"),
-        Detector("heads split without transpose", _mha_variant(no_transpose=True),
-                 "the heads are split with a plain view to (B, H, T, d_head), which mixes positions: "
-                 "view to (B, T, H, d_head) first, then transpose(1, 2)"),
-    ),
+    library=("MultiheadAttention",),
+    reference_impl="utils.attention:MultiHeadAttention",
 )
 
 ASSIGNMENT = Assignment(
     notebook="01_attention",
     title="Attention",
     exercises=(SDPA, CAUSAL, PADDING, MHA),
+    references=("utils.attention",),
 )

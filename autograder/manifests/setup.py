@@ -6,15 +6,8 @@ token) that the grader builds from the case inputs, so no real model is needed t
 from __future__ import annotations
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
-from ..spec import Assignment, Case, Detector, Exercise
-
-
-def _t(inputs, key):
-    return torch.from_numpy(np.array(inputs[key], copy=True))
-
+from ..spec import Assignment, Case, Exercise
 
 # --------------------------------------------------------------------------- setup.next_token_probs
 
@@ -30,10 +23,6 @@ def call_probs(fn, inputs):
     return {"probs": fn(torch.tensor(inputs["logits"]))}
 
 
-def probs_reference(inputs):
-    return {"probs": torch.softmax(_t(inputs, "logits")[..., -1, :], dim=-1)}
-
-
 NEXT_TOKEN_PROBS = Exercise(
     id="setup.next_token_probs",
     callable="next_token_probs",
@@ -41,20 +30,12 @@ NEXT_TOKEN_PROBS = Exercise(
     summary="softmax of the logits at the last position: (..., T, V) -> (..., V)",
     make_inputs=probs_inputs,
     call=call_probs,
-    reference=probs_reference,
     cases=(
         Case("one sequence (T, V)", {"shape": (4, 10)}),
         Case("a batch (B, T, V)", {"shape": (3, 5, 12)}),
         Case("large logits", {"shape": (2, 6, 50), "scale": 40.0}, hidden=True),
     ),
-    detectors=(
-        Detector("first position", lambda inputs: {"probs": torch.softmax(_t(inputs, "logits")[..., 0, :], dim=-1)},
-                 "you used the first position: the next token is predicted by the LAST position, logits[..., -1, :]"),
-        Detector("no softmax", lambda inputs: {"probs": _t(inputs, "logits")[..., -1, :]},
-                 "these are raw logits: turn them into probabilities with a softmax over the vocabulary"),
-        Detector("softmax over positions", lambda inputs: {"probs": torch.softmax(_t(inputs, "logits"), dim=-2)[..., -1, :]},
-                 "the softmax runs over positions (dim=-2); it must run over the vocabulary (dim=-1)"),
-    ),
+    reference_impl="utils.lm:next_token_probs",
 )
 
 # --------------------------------------------------------------------------- setup.greedy_generate
@@ -82,17 +63,6 @@ def call_greedy(fn, inputs):
     return {"ids": fn(bigram_model, torch.tensor(inputs["input_ids"]), int(inputs["max_new_tokens"]))}
 
 
-def _greedy(inputs, position=-1, keep_prompt=True):
-    table = _t(inputs, "table")
-    ids = _t(inputs, "input_ids")
-    prompt_length = ids.shape[1]
-    for _ in range(int(inputs["max_new_tokens"])):
-        logits = table[ids]                                    # (1, T, V)
-        next_id = logits[:, position, :].argmax(dim=-1, keepdim=True)
-        ids = torch.cat([ids, next_id], dim=1)
-    return {"ids": ids if keep_prompt else ids[:, prompt_length:]}
-
-
 GREEDY_GENERATE = Exercise(
     id="setup.greedy_generate",
     callable="greedy_generate",
@@ -100,18 +70,13 @@ GREEDY_GENERATE = Exercise(
     summary="append argmax(next-token logits) max_new_tokens times; return prompt + new ids (1, T + n)",
     make_inputs=greedy_inputs,
     call=call_greedy,
-    reference=_greedy,
     cases=(
         Case("5 new tokens", {"V": 12, "T": 3, "new": 5}),
         Case("1 new token", {"V": 7, "T": 1, "new": 1}),
         Case("20 new tokens", {"V": 40, "T": 6, "new": 20}, hidden=True),
     ),
-    detectors=(
-        Detector("first position", lambda inputs: _greedy(inputs, position=0),
-                 "each step must use the logits of the LAST position, logits[:, -1, :]"),
-        Detector("only new tokens", lambda inputs: _greedy(inputs, keep_prompt=False),
-                 "return the prompt followed by the new tokens, shape (1, T + max_new_tokens)"),
-    ),
+    library=("generate",),
+    reference_impl="utils.lm:greedy_generate",
 )
 
 # --------------------------------------------------------------------------- setup.cosine_similarity
@@ -137,20 +102,18 @@ COSINE = Exercise(
     summary="a.b / (|a| |b|) over the last axis: (..., d), (..., d) -> (...)",
     make_inputs=cosine_inputs,
     call=call_cosine,
-    reference=lambda inputs: {"similarity": F.cosine_similarity(_t(inputs, "a"), _t(inputs, "b"), dim=-1)},
     cases=(
         Case("two vectors", {"shape": (16,)}),
         Case("rows of matrices", {"shape": (5, 8), "scale_b": 3.0}),
         Case("batched", {"shape": (2, 3, 64), "scale_b": 0.1}, hidden=True),
     ),
-    detectors=(
-        Detector("dot product", lambda inputs: {"similarity": (_t(inputs, "a") * _t(inputs, "b")).sum(-1)},
-                 "this is the plain dot product: divide by the two vectors' norms"),
-    ),
+    library=("cosine_similarity",),
+    reference_impl="utils.lm:cosine_similarity",
 )
 
 ASSIGNMENT = Assignment(
     notebook="00_setup",
     title="Setup and what an LLM is",
     exercises=(NEXT_TOKEN_PROBS, GREEDY_GENERATE, COSINE),
+    references=("utils.lm",),
 )

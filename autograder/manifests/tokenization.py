@@ -7,11 +7,9 @@ must give its ids exactly) and, for training on the case's text, the course's re
 """
 from __future__ import annotations
 
-from collections import Counter
-
 import numpy as np
 
-from ..spec import Assignment, Case, Detector, Exercise
+from ..spec import Assignment, Case, Exercise
 
 # --------------------------------------------------------------------------- shared input helpers
 
@@ -28,10 +26,6 @@ GPT2_TEXTS = (
     "   leading spaces, trailing spaces   \n\n\nnewlines\r\nCRLF  ",
     "def f(x):\n    return x**2  # code, with    indentation\n",
 )
-
-
-def _text(inputs) -> str:
-    return bytes(np.asarray(inputs["text"], dtype=np.uint8)).decode("utf-8")
 
 
 def _encode_text(text: str) -> np.ndarray:
@@ -62,12 +56,6 @@ def pairs_inputs(params, rng):
     return {"ids": rng.integers(0, params["alphabet"], size=params["n"]).astype(np.int64)}
 
 
-def _pairs_out(counts) -> dict:
-    keys = sorted(counts)
-    return {"pairs": np.asarray(keys, dtype=np.int64).reshape(-1, 2),
-            "counts": np.asarray([counts[k] for k in keys], dtype=np.int64)}
-
-
 def call_pairs(fn, inputs):
     import numpy as np
 
@@ -79,11 +67,6 @@ def call_pairs(fn, inputs):
             "counts": np.asarray([int(counts[k]) for k in keys], dtype=np.int64)}
 
 
-def pairs_reference(inputs):
-    ids = [int(i) for i in inputs["ids"]]
-    return _pairs_out(Counter(zip(ids, ids[1:])))
-
-
 PAIR_COUNTS = Exercise(
     id="tokenization.pair_counts",
     callable="get_pair_counts",
@@ -91,13 +74,9 @@ PAIR_COUNTS = Exercise(
     summary="{(a, b): how often b follows a} over a list of ids",
     make_inputs=pairs_inputs,
     call=call_pairs,
-    reference=pairs_reference,
     cases=(Case("12 ids, alphabet 3", {"n": 12, "alphabet": 3}), Case("one id", {"n": 1, "alphabet": 5}),
            Case("200 ids, alphabet 20", {"n": 200, "alphabet": 20}, hidden=True)),
-    detectors=(
-        Detector("non-overlapping pairs", lambda inputs: _pairs_out(Counter(zip(list(inputs["ids"])[::2], list(inputs["ids"])[1::2]))),
-                 "only every other pair is counted: pairs overlap, use zip(ids, ids[1:])"),
-    ),
+    reference_impl="utils.bpe:get_pair_counts",
 )
 
 # --------------------------------------------------------------------------- tokenization.merge_pair
@@ -119,32 +98,6 @@ def call_merge(fn, inputs):
     return {"ids": np.asarray(list(out), dtype=np.int64)}
 
 
-def _merge_variant(kind):
-    def produce(inputs):
-        ids, (a, b), new = [int(i) for i in inputs["ids"]], (int(x) for x in inputs["pair"]), int(inputs["new_id"])
-        if kind == "right to left":
-            ids = ids[::-1]
-            a, b = b, a
-        out, i = [], 0
-        while i < len(ids):
-            if i + 1 < len(ids) and ids[i] == a and ids[i + 1] == b:
-                out.append(new)
-                i += 1 if kind == "no skip" else 2
-            else:
-                out.append(ids[i])
-                i += 1
-        return {"ids": np.asarray(out[::-1] if kind == "right to left" else out, dtype=np.int64)}
-
-    return produce
-
-
-def merge_reference(inputs):
-    from utils.bpe import merge_pair
-
-    pair = (int(inputs["pair"][0]), int(inputs["pair"][1]))
-    return {"ids": np.asarray(merge_pair([int(i) for i in inputs["ids"]], pair, int(inputs["new_id"])), dtype=np.int64)}
-
-
 MERGE_PAIR = Exercise(
     id="tokenization.merge_pair",
     callable="merge_pair",
@@ -152,18 +105,11 @@ MERGE_PAIR = Exercise(
     summary="replace each occurrence of `pair` in ids, left to right and without overlaps, with new_id",
     make_inputs=merge_inputs,
     call=call_merge,
-    reference=merge_reference,
     cases=(Case("20 ids", {"n": 20, "alphabet": 3}),
            Case("overlapping run (x, x)", {"n": 10, "alphabet": 4, "pair": (2, 2), "runs": True}),
            Case("100 ids", {"n": 100, "alphabet": 6}, hidden=True),
            Case("odd run", {"n": 9, "alphabet": 3, "pair": (1, 1), "runs": True}, hidden=True)),
-    detectors=(
-        Detector("no skip", _merge_variant("no skip"),
-                 "after a merge, skip BOTH ids of the pair (i += 2); otherwise the second id is kept or merged again"),
-        Detector("right to left", _merge_variant("right to left"),
-                 "overlapping occurrences are merged from the right: scan left to right, so x x x "
-                 "becomes [new, x]"),
-    ),
+    reference_impl="utils.bpe:merge_pair",
 )
 
 # --------------------------------------------------------------------------- tokenization.train_bpe
@@ -184,36 +130,6 @@ def call_train(fn, inputs):
             "merge_ids": np.asarray([int(v) for v in merges.values()], dtype=np.int64)}
 
 
-def train_reference(inputs):
-    from utils.bpe import train_bpe
-
-    return _merges_arrays(train_bpe(_text(inputs), int(inputs["vocab_size"])))
-
-
-def _train_variant(split=True, unique=False, largest=False):
-    def produce(inputs):
-        from utils.bpe import merge_pair, pretokenize
-
-        text, vocab_size = _text(inputs), int(inputs["vocab_size"])
-        chunks = pretokenize(text) if split else [text]
-        if unique:
-            chunks = list(dict.fromkeys(chunks))
-        seqs = [list(chunk.encode("utf-8")) for chunk in chunks]
-        merges = {}
-        for new_id in range(256, vocab_size):
-            counts = Counter()
-            for seq in seqs:
-                counts.update(zip(seq, seq[1:]))
-            if not counts:
-                break
-            pair = (max if largest else min)(counts, key=lambda p: (counts[p], p) if largest else (-counts[p], p))
-            merges[pair] = new_id
-            seqs = [merge_pair(seq, pair, new_id) for seq in seqs]
-        return _merges_arrays(merges)
-
-    return produce
-
-
 TRAIN_BPE = Exercise(
     id="tokenization.train_bpe",
     callable="train_bpe",
@@ -221,24 +137,14 @@ TRAIN_BPE = Exercise(
     summary="learn vocab_size - 256 merges {(a, b): new_id} on GPT-2's pre-tokenised chunks; ties -> smallest pair",
     make_inputs=train_inputs,
     call=call_train,
-    reference=train_reference,
     cases=(
         Case("40 words, vocab 270", {"words": 40, "vocab_size": 270}),
         Case("300 words, vocab 320", {"words": 300, "vocab_size": 320}),
         Case("3000 words, vocab 420", {"words": 3000, "vocab_size": 420}, hidden=True),
         Case("10 words, vocab 400 (runs out of pairs)", {"words": 10, "vocab_size": 400}, hidden=True),
     ),
-    detectors=(
-        Detector("no pre-tokenisation", _train_variant(split=False),
-                 "merges cross word boundaries: split the text with GPT-2's regex (pretokenize) and count "
-                 "pairs inside each chunk only"),
-        Detector("word frequencies ignored", _train_variant(unique=True),
-                 "each distinct chunk is counted once: a pair's count must include how often its chunk "
-                 "occurs (Counter(pretokenize(text)) gives the frequencies)"),
-        Detector("ties to the largest pair", _train_variant(largest=True),
-                 "on a tie the largest pair wins: pick the most frequent pair and, among equals, the smallest "
-                 "(a, b), e.g. min(counts, key=lambda p: (-counts[p], p))"),
-    ),
+    library=("train_from_iterator", "BpeTrainer"),
+    reference_impl="utils.bpe:train_bpe",
 )
 
 # --------------------------------------------------------------------------- tokenization.encode / decode
@@ -262,7 +168,7 @@ def encode_inputs(params, rng):
 
 
 def _merges_and_vocab(inputs):
-    from utils.bpe import build_vocab, gpt2_merges_and_vocab
+    from utils.tokenization import build_vocab, gpt2_merges_and_vocab
 
     if int(inputs["tokenizer"]) == 0:
         return gpt2_merges_and_vocab()
@@ -274,7 +180,7 @@ def call_encode(fn, inputs):
     import numpy as np
 
     if int(inputs["tokenizer"]) == 0:
-        from utils.bpe import gpt2_merges_and_vocab
+        from utils.tokenization import gpt2_merges_and_vocab
 
         merges, vocab = gpt2_merges_and_vocab()
     else:
@@ -287,44 +193,6 @@ def call_encode(fn, inputs):
     return {"ids": np.asarray([int(i) for i in ids], dtype=np.int64)}
 
 
-def encode_reference(inputs):
-    text = _text(inputs)
-    if int(inputs["tokenizer"]) == 0:  # the oracle: Hugging Face's GPT-2 tokenizer
-        from utils.assets import load_gpt2_tokenizer
-
-        return {"ids": np.asarray(load_gpt2_tokenizer()(text).input_ids, dtype=np.int64)}
-    from utils.bpe import encode
-
-    merges, vocab = _merges_and_vocab(inputs)
-    return {"ids": np.asarray(encode(text, merges, vocab), dtype=np.int64)}
-
-
-def _encode_variant(kind):
-    def produce(inputs):
-        from utils.bpe import encode_chunk, merge_pair, pretokenize
-
-        merges, vocab = _merges_and_vocab(inputs)
-        byte_ids = [0] * 256
-        for token_id, token in vocab.items():
-            if len(token) == 1:
-                byte_ids[token[0]] = token_id
-        text = _text(inputs)
-        if kind == "no pre-tokenisation":
-            return {"ids": np.asarray(encode_chunk(text.encode("utf-8"), merges, byte_ids), dtype=np.int64)}
-        ids = []
-        for chunk in pretokenize(text):  # "leftmost": merge the first mergeable pair, not the earliest learned
-            seq = [byte_ids[b] for b in chunk.encode("utf-8")]
-            while True:
-                pair = next((p for p in zip(seq, seq[1:]) if p in merges), None)
-                if pair is None:
-                    break
-                seq = merge_pair(seq, pair, merges[pair])
-            ids += seq
-        return {"ids": np.asarray(ids, dtype=np.int64)}
-
-    return produce
-
-
 ENCODE = Exercise(
     id="tokenization.encode",
     callable="encode",
@@ -332,7 +200,6 @@ ENCODE = Exercise(
     summary="text -> ids: GPT-2 pre-tokenisation, bytes -> byte ids, then merges by priority (earliest learned first)",
     make_inputs=encode_inputs,
     call=call_encode,
-    reference=encode_reference,
     cases=(
         Case("GPT-2: Hello, how are you?", {"tokenizer": "gpt2", "text": 0}),
         Case("GPT-2: contractions and digits", {"tokenizer": "gpt2", "text": 1}),
@@ -343,14 +210,8 @@ ENCODE = Exercise(
         Case("GPT-2: random text", {"tokenizer": "gpt2", "words": 300}, hidden=True),
         Case("trained tokenizer, long text", {"tokenizer": "trained", "words": 500, "vocab_size": 400}, hidden=True),
     ),
-    detectors=(
-        Detector("no pre-tokenisation", _encode_variant("no pre-tokenisation"),
-                 "BPE runs over the whole text: split it first with pretokenize (GPT-2's regex) and encode "
-                 "each chunk on its own, so no token crosses a word boundary"),
-        Detector("leftmost pair first", _encode_variant("leftmost"),
-                 "merges are applied to the leftmost mergeable pair; apply the pair learned EARLIEST "
-                 "(smallest merges[pair]) first, wherever it is: min(pairs, key=lambda p: merges.get(p, inf))"),
-    ),
+    library=("GPT2Tokenizer", "GPT2TokenizerFast", "AutoTokenizer", "load_gpt2_tokenizer", "get_encoding"),
+    reference_impl="utils.bpe:encode",
 )
 
 
@@ -371,7 +232,7 @@ def call_decode(fn, inputs):
     import numpy as np
 
     if int(inputs["tokenizer"]) == 0:
-        from utils.bpe import gpt2_merges_and_vocab
+        from utils.tokenization import gpt2_merges_and_vocab
 
         _, vocab = gpt2_merges_and_vocab()
     else:
@@ -384,26 +245,6 @@ def call_decode(fn, inputs):
     return {"text": np.frombuffer(text.encode("utf-8"), dtype=np.uint8).copy()}
 
 
-def decode_reference(inputs):
-    from utils.bpe import decode
-
-    _, vocab = _merges_and_vocab(inputs)
-    return {"text": _encode_text(decode(inputs["ids"], vocab))}
-
-
-def _decode_variant(kind):
-    def produce(inputs):
-        _, vocab = _merges_and_vocab(inputs)
-        pieces = [vocab[int(i)] for i in inputs["ids"]]
-        if kind == "per token":
-            text = "".join(p.decode("utf-8", errors="replace") for p in pieces)
-        else:
-            text = b"".join(pieces).decode("utf-8", errors="ignore")
-        return {"text": _encode_text(text)}
-
-    return produce
-
-
 DECODE = Exercise(
     id="tokenization.decode",
     callable="decode",
@@ -411,24 +252,19 @@ DECODE = Exercise(
     summary="ids -> str: join the tokens' bytes, then decode UTF-8 once with errors='replace'",
     make_inputs=decode_inputs,
     call=call_decode,
-    reference=decode_reference,
     cases=(
         Case("GPT-2: emoji and CJK", {"tokenizer": "gpt2", "text": 2}),
         Case("GPT-2: cut inside an emoji", {"tokenizer": "gpt2", "text": 2, "cut": 31}),
         Case("trained tokenizer", {"tokenizer": "trained", "words": 80}),
         Case("GPT-2: random text", {"tokenizer": "gpt2", "words": 200}, hidden=True),
     ),
-    detectors=(
-        Detector("token by token", _decode_variant("per token"),
-                 "each token is decoded on its own, which breaks characters whose bytes span two tokens: "
-                 "join all the bytes first (b''.join(...)), then decode once"),
-        Detector("errors ignored", _decode_variant("ignore"),
-                 "invalid bytes are dropped: decode with errors='replace' so they show up as U+FFFD"),
-    ),
+    library=("GPT2Tokenizer", "GPT2TokenizerFast", "AutoTokenizer", "load_gpt2_tokenizer"),
+    reference_impl="utils.bpe:decode",
 )
 
 ASSIGNMENT = Assignment(
     notebook="03_tokenization",
     title="Tokenization",
     exercises=(PAIR_COUNTS, MERGE_PAIR, TRAIN_BPE, ENCODE, DECODE),
+    references=("utils.bpe",),
 )

@@ -17,20 +17,13 @@ from pathlib import Path
 
 import nbformat
 
-from .runner import GIB, Limits
+from autograder.sandbox import GIB, Limits
+from conftest import solution_code_cells
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 ASSIGNMENT = "01_attention"
 # Limits for the catalogue: short, so the endless submissions cost little; 4 GiB of address space.
 LIMITS = Limits(cell_timeout=20, total_timeout=75, memory_bytes=4 * GIB)
-
-
-def solution_code_cells(notebook: str) -> list[str]:
-    """The parameters and imports cells, then the solution cells: "your" code, with no model or plots."""
-    nb = nbformat.read(ROOT / "solutions" / f"{notebook}.ipynb", as_version=4)
-    code = [cell for cell in nb.cells if cell.cell_type == "code"]
-    chosen = code[:2] + [c for c in code[2:] if c.metadata.get("nbgrader", {}).get("solution")]
-    return [cell.source for cell in chosen]
 
 
 def _stub(name: str) -> str:

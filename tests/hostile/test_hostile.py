@@ -15,7 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from autograder import catalogue, manifests
+from autograder import manifests
+
+import catalogue
 
 from conftest import ROOT
 
