@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 FRAME_NAME = 16                   # bytes of a frame's name, then 8 bytes of length, then the data
-MAX_CAPTURE = 256 * 1024 ** 2     # bytes of one capture file
+MAX_CAPTURE = 64 * 1024 ** 2      # bytes of one capture file (the largest of any exercise is a few MB)
 MAX_NOTEBOOK = 64 * 1024 ** 2     # bytes of the executed notebook sent back
 MAX_LEARNER = 256 * 1024          # bytes of the learner frame (cell errors)
 MAX_ERRORS = 20                   # cell errors listed in a record

@@ -298,7 +298,7 @@ def entries() -> list[Entry]:
               _with(LATE_WRITER)),
         Entry("header_bomb", ["a capture whose header declares arrays of 2**40 numbers"], "graded",
               _with(HEADER_BOMB), max_points=0),
-        Entry("size_bomb", ["a 300 MiB capture file"], "crashed", _with(SIZE_BOMB), max_points=0,
+        Entry("size_bomb", ["a 300 MiB capture file (the limit is 64 MiB)"], "crashed", _with(SIZE_BOMB), max_points=0,
               message="no readable result"),
         Entry("kill_executor", ["a 230,000-cell executed.ipynb, then the executor killed"], "crashed",
               _with(KILL_EXECUTOR), max_points=0, message="killed"),
