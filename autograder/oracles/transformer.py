@@ -128,7 +128,8 @@ def block_judge(inputs, got):
         return "the attention does not receive ln_1's output", "the first sub-layer is x + attn(ln_1(x))"
     if not _close(v["attn_out"], attn):
         if _close(v["attn_out"], _attention(inputs, torch.from_numpy(v["attn_in"].copy()), causal=False).numpy()):
-            return ("the attention is not causal", "each position sees later ones. Use "
+            return ("each position's attention output depends on later positions",
+                    "the attention is not causal: each position sees later ones. Use "
                     "utils.models.CausalSelfAttention, which masks the future")
         return ("`attn` does not compute causal multi-head attention with its q_proj, k_proj, v_proj and out_proj",
                 "use utils.models.CausalSelfAttention(d_model, n_heads) as self.attn")
