@@ -50,15 +50,17 @@ test: setup
 	$(PY) -m pytest
 
 # The learner's JupyterLab: nbgrader's instructor tools (Formgrader, Assignment List, Course List,
-# Create Assignment, its menu) are switched off for this invocation only, through a page config in
-# build/ put first on JUPYTER_CONFIG_PATH and the server's own options; the shared environment keeps
-# them for `make instructor-lab`. nbgrader's Validate stays (toolbar button of a notebook).
+# Create Assignment, its menu) and the online-only news and extension manager are switched off for
+# this invocation only, through a page config in build/ put first on JUPYTER_CONFIG_PATH and the
+# server's own options: the environment keeps them for `make instructor-lab`. nbgrader's Validate
+# stays (the notebook toolbar's Validate button).
 LAB_ARGS ?=
+LAB_DIR ?= notebooks/
 ROOT_FLAG = $$(test "$$(id -u)" = 0 && echo --allow-root)
 LEARNER_CONFIG := build/jupyter-learner
-LEARNER_PAGE_CONFIG := {"disabledExtensions": {"@jupyter/nbgrader:formgrader": true, "@jupyter/nbgrader:assignment-list": true, "@jupyter/nbgrader:course-list": true, "@jupyter/nbgrader:create-assignment": true, "@jupyter/nbgrader:menu": true}}
+LEARNER_PAGE_CONFIG := {"disabledExtensions": {"@jupyter/nbgrader:formgrader": true, "@jupyter/nbgrader:assignment-list": true, "@jupyter/nbgrader:course-list": true, "@jupyter/nbgrader:create-assignment": true, "@jupyter/nbgrader:menu": true, "@jupyterlab/apputils-extension:announcements": true, "@jupyterlab/extensionmanager-extension:plugin": true}}
 LAB_COMMAND = JUPYTER_CONFIG_PATH="$(CURDIR)/$(LEARNER_CONFIG)$${JUPYTER_CONFIG_PATH:+:$$JUPYTER_CONFIG_PATH}" \
-	$(VENV)/bin/jupyter lab notebooks/ $(ROOT_FLAG) \
+	$(VENV)/bin/jupyter lab $(LAB_DIR) $(ROOT_FLAG) \
 	$(foreach e,formgrader assignment_list course_list,--ServerApp.jpserver_extensions=nbgrader.server_extensions.$(e)=False)
 
 lab: setup lab-config
@@ -73,9 +75,10 @@ lab-config:
 COURSE_DIR := build/nbgrader
 instructor-lab: setup
 	@mkdir -p $(COURSE_DIR)/exchange $(COURSE_DIR)/student
+	@ln -sfn ../../../nbgrader_config.py $(COURSE_DIR)/student/nbgrader_config.py
 	@for nb in solutions/[0-9][0-9]_*.ipynb; do name=$$(basename $$nb .ipynb); \
 	  mkdir -p $(COURSE_DIR)/source/$$name; ln -sfn ../../../../$$nb $(COURSE_DIR)/source/$$name/$$name.ipynb; done
-	$(VENV)/bin/jupyter lab $(ROOT_FLAG) $(LAB_ARGS)
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/jupyter lab $(ROOT_FLAG) $(LAB_ARGS)
 
 progress: setup
 	$(PY) -m autograder.progress $(PROGRESS_ARGS)

@@ -22,7 +22,7 @@ course directory and set ``CourseDirectory.root`` there.
 """
 import os
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+HERE = os.path.dirname(os.path.realpath(__file__))  # also through the link in build/nbgrader/student
 COURSE = os.path.join(HERE, "build", "nbgrader")
 
 c = get_config()  # noqa: F821 - provided by traitlets when it loads this file
