@@ -56,11 +56,12 @@ test: setup
 # stays (the notebook toolbar's Validate button).
 LAB_ARGS ?=
 LAB_DIR ?= notebooks/
-ROOT_FLAG = $$(test "$$(id -u)" = 0 && echo --allow-root)
+# Kernels over local sockets: over TCP, ipykernel warns at every kernel start that it is unencrypted.
+LAB_FLAGS = $$(test "$$(id -u)" = 0 && echo --allow-root) --KernelManager.transport=ipc
 LEARNER_CONFIG := build/jupyter-learner
 LEARNER_PAGE_CONFIG := {"disabledExtensions": {"@jupyter/nbgrader:formgrader": true, "@jupyter/nbgrader:assignment-list": true, "@jupyter/nbgrader:course-list": true, "@jupyter/nbgrader:create-assignment": true, "@jupyter/nbgrader:menu": true, "@jupyterlab/apputils-extension:announcements": true, "@jupyterlab/extensionmanager-extension:plugin": true}}
 LAB_COMMAND = JUPYTER_CONFIG_PATH="$(CURDIR)/$(LEARNER_CONFIG)$${JUPYTER_CONFIG_PATH:+:$$JUPYTER_CONFIG_PATH}" \
-	$(VENV)/bin/jupyter lab $(LAB_DIR) $(ROOT_FLAG) \
+	$(VENV)/bin/jupyter lab $(LAB_DIR) $(LAB_FLAGS) \
 	$(foreach e,formgrader assignment_list course_list,--ServerApp.jpserver_extensions=nbgrader.server_extensions.$(e)=False)
 
 lab: setup lab-config
@@ -78,7 +79,7 @@ instructor-lab: setup
 	@ln -sfn ../../../nbgrader_config.py $(COURSE_DIR)/student/nbgrader_config.py
 	@for nb in solutions/[0-9][0-9]_*.ipynb; do name=$$(basename $$nb .ipynb); \
 	  mkdir -p $(COURSE_DIR)/source/$$name; ln -sfn ../../../../$$nb $(COURSE_DIR)/source/$$name/$$name.ipynb; done
-	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/jupyter lab $(ROOT_FLAG) $(LAB_ARGS)
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/jupyter lab $(LAB_FLAGS) $(LAB_ARGS)
 
 progress: setup
 	$(PY) -m autograder.progress $(PROGRESS_ARGS)

@@ -31,8 +31,6 @@ import pytest
 
 from conftest import RELEASE, ROOT
 
-sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright for Python is not installed")
-
 CHROMIUM = os.environ.get("CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
          "--disable-component-update", "--disable-sync", "--no-first-run"]
@@ -50,8 +48,8 @@ CORRECT = '''def scaled_dot_product_attention(q, k, v, mask=None):
 '''
 UNSCALED = CORRECT.replace(" / math.sqrt(q.shape[-1])", "")  # the README's known mistake
 
-pytestmark = pytest.mark.skipif(not (Path(CHROMIUM).exists() and shutil.which("make")),
-                                reason=f"no Chromium at {CHROMIUM} (apt-get install chromium) or no make")
+needs_browser = pytest.mark.skipif(not (Path(CHROMIUM).exists() and shutil.which("make")),
+                                   reason=f"no Chromium at {CHROMIUM} (apt-get install chromium) or no make")
 
 
 def free_port() -> int:
@@ -165,7 +163,52 @@ def dirty(page) -> bool:
     return page.locator(".lm-DockPanel-tabBar .lm-TabBar-tab.jp-mod-dirty").count() > 0
 
 
+def test_notebooks_carry_the_kernel_metadata_jupyterlab_writes():
+    """What JupyterLab writes on opening a notebook with this environment's python3 kernel is what the
+    release and the solutions already say, so an untouched notebook opens unmodified."""
+    from ipykernel.ipkernel import IPythonKernel
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    from autograder.release import KERNEL_METADATA
+
+    spec = KernelSpecManager().get_kernel_spec("python3")
+    assert KERNEL_METADATA["kernelspec"] == {"display_name": spec.display_name, "language": spec.language,
+                                             "name": "python3"}
+    ours, theirs = dict(KERNEL_METADATA["language_info"]), dict(IPythonKernel.language_info)
+    ours.pop("version"), theirs.pop("version")  # the reference Python's; on another, JupyterLab updates it
+    assert ours == theirs
+    for folder in (RELEASE, ROOT / "solutions"):
+        for path in sorted(folder.glob("[0-9][0-9]_*.ipynb")):
+            metadata = json.loads(path.read_text(encoding="utf-8"))["metadata"]
+            assert {k: metadata.get(k) for k in KERNEL_METADATA} == KERNEL_METADATA, path
+
+
+def test_make_lab_switches_off_nbgrader_instructor_tools_that_exist():
+    """The plugins and server extensions `make lab` disables are real names in the installed nbgrader
+    (a rename in an upgrade would silently bring them back), and Validate is not among them."""
+    import importlib.util
+
+    from jupyter_core.paths import jupyter_path
+
+    subprocess.run(["make", "-s", "-o", "setup", "lab-config"], cwd=ROOT, check=True)
+    page_config = json.loads((ROOT / "build" / "jupyter-learner" / "labconfig" / "page_config.json").read_text())
+    disabled = [name for name, off in page_config["disabledExtensions"].items() if off]
+    bundles = [Path(d) / "@jupyter" / "nbgrader" / "static" for d in jupyter_path("labextensions")]
+    shipped = "".join(p.read_text(errors="replace") for b in bundles for p in b.glob("*.js"))
+    for plugin in [p for p in disabled if p.startswith("@jupyter/nbgrader:")]:
+        assert f'"{plugin}"' in shipped, plugin
+    assert {"@jupyter/nbgrader:formgrader", "@jupyter/nbgrader:assignment-list", "@jupyter/nbgrader:course-list",
+            "@jupyter/nbgrader:create-assignment"} <= set(disabled)
+    assert '"@jupyter/nbgrader:validate-assignment"' in shipped and "@jupyter/nbgrader:validate-assignment" not in disabled
+    command = subprocess.run(["make", "-n", "-o", "setup", "lab"], cwd=ROOT, capture_output=True, text=True).stdout
+    for extension in re.findall(r"--ServerApp\.jpserver_extensions=([\w.]+)=False", command):
+        assert importlib.util.find_spec(extension), extension
+    assert len(re.findall(r"jpserver_extensions=nbgrader\.server_extensions\.", command)) == 3, command
+
+
+@needs_browser
 def test_a_learner_runs_all_solves_an_exercise_saves_and_grades(tmp_path):
+    sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright for Python is not installed")
     from autograder.manifests import assignment
     from autograder.release import COURSE_PYTHON
 
