@@ -56,8 +56,7 @@ test: setup
 # stays (the notebook toolbar's Validate button).
 LAB_ARGS ?=
 LAB_DIR ?= notebooks/
-# Kernels over local sockets: over TCP, ipykernel warns at every kernel start that it is unencrypted.
-LAB_FLAGS = $$(test "$$(id -u)" = 0 && echo --allow-root) --KernelManager.transport=ipc
+LAB_FLAGS = $$(test "$$(id -u)" = 0 && echo --allow-root)
 LEARNER_CONFIG := build/jupyter-learner
 LEARNER_PAGE_CONFIG := {"disabledExtensions": {"@jupyter/nbgrader:formgrader": true, "@jupyter/nbgrader:assignment-list": true, "@jupyter/nbgrader:course-list": true, "@jupyter/nbgrader:create-assignment": true, "@jupyter/nbgrader:menu": true, "@jupyterlab/apputils-extension:announcements": true, "@jupyterlab/extensionmanager-extension:plugin": true}}
 LAB_COMMAND = JUPYTER_CONFIG_PATH="$(CURDIR)/$(LEARNER_CONFIG)$${JUPYTER_CONFIG_PATH:+:$$JUPYTER_CONFIG_PATH}" \

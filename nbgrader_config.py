@@ -34,6 +34,3 @@ c.Exchange.root = os.path.join(COURSE, "exchange")
 c.Exchange.path_includes_course = True
 # A learner's assignments (Assignment List, `nbgrader fetch_assignment`) go here, not into the repo.
 c.Exchange.assignment_dir = os.path.join(COURSE, "student")
-# Kernels over local sockets rather than TCP: ipykernel warns at every start that TCP is unencrypted
-# (nbgrader's Validate starts one each time). `make lab` and `make instructor-lab` do the same.
-c.KernelManager.transport = "ipc"
