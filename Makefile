@@ -8,7 +8,7 @@
 #   make release   rebuild notebooks/ from solutions/ with nbgrader
 #   make bench     benchmarks -> build/bench/*.json
 #   make grade SUBMISSIONS="a.ipynb b.ipynb" [OUT=build/grades]
-#   make grade-class SUBMITTED=submitted ASSIGNMENT=01_attention [OUT=build/class] [WORKERS=2]
+#   make grade-class SUBMITTED=submitted ASSIGNMENT=01_attention [OUT=build/class] [WORKERS=2] [GRADEBOOK=path]
 
 PYTHON ?= python3
 VENV := .venv
@@ -94,8 +94,8 @@ grade: setup
 	$(PY) -m autograder grade $(SUBMISSIONS) --out $(OUT)
 
 grade-class: setup
-	@test -n "$(SUBMITTED)" -a -n "$(ASSIGNMENT)" || (echo 'usage: make grade-class SUBMITTED=dir ASSIGNMENT=01_attention [OUT=build/class] [WORKERS=2]'; exit 2)
-	$(PY) -m autograder grade-class $(SUBMITTED) --assignment $(ASSIGNMENT) --out $(if $(filter build/grades,$(OUT)),build/class,$(OUT)) --workers $(WORKERS)
+	@test -n "$(SUBMITTED)" -a -n "$(ASSIGNMENT)" || (echo 'usage: make grade-class SUBMITTED=dir ASSIGNMENT=01_attention [OUT=build/class] [WORKERS=2] [GRADEBOOK=path]'; exit 2)
+	$(PY) -m autograder grade-class $(SUBMITTED) --assignment $(ASSIGNMENT) --out $(if $(filter build/grades,$(OUT)),build/class,$(OUT)) --workers $(WORKERS) $(if $(GRADEBOOK),--gradebook $(GRADEBOOK))
 
 clean:
 	rm -rf build
