@@ -221,6 +221,13 @@ def execute(payload: dict, fd: int, started: float) -> tuple[str, str, dict]:
     startup = Path(os.environ["IPYTHONDIR"]) / "profile_default" / "startup"
     startup.mkdir(parents=True, exist_ok=True)
     (startup / "00-no-network.py").write_text(payload["network_guard"], encoding="utf-8")
+    fonts = Path(os.environ.get("LLM_COURSE_CACHE", "/nonexistent")) / "matplotlib"
+    if os.environ.get("MPLCONFIGDIR") and fonts.is_dir():  # the font list built by `make setup`: no rebuild per run
+        import shutil
+
+        os.makedirs(os.environ["MPLCONFIGDIR"], exist_ok=True)
+        for font_list in fonts.glob("fontlist-*.json"):
+            shutil.copyfile(font_list, Path(os.environ["MPLCONFIGDIR"]) / font_list.name)
     nb = load_notebook_node(nbformat.reads(payload["notebook"], as_version=4))  # with papermill's metadata
     if payload.get("parameters"):
         nb = parameterize_notebook(nb, payload["parameters"], kernel_name="python3", language="python")
