@@ -241,6 +241,42 @@ def run_jobs(jobs: list[Job], limits: Limits, workers: int, dask_scheduler: str 
             on_done(job, _failed(job, "its worker process died (twice, the second time alone)"))
 
 
+def _grade_one(kwargs: dict) -> dict:
+    return grade_notebook(**kwargs)
+
+
+def grade_many(jobs: list[dict], workers: int = 2, on_done=None) -> list[dict]:
+    """Grade notebooks concurrently, each in its own sandbox; returns their records in the order given.
+
+    ``jobs`` are keyword arguments of :func:`~autograder.grade.grade_notebook` (``path``, ``assignment``,
+    ``limits``, ``keep_executed``, ``parameters``). A job whose worker died gets a ``crashed`` record.
+    Two workers on two cores: while one kernel starts or waits, the other computes. ``on_done(record)``
+    is called as each finishes.
+    """
+    records: list[dict | None] = [None] * len(jobs)
+    on_done = on_done or (lambda record: None)
+    if workers <= 1 or len(jobs) <= 1:
+        for i, job in enumerate(jobs):
+            records[i] = grade_notebook(**job)
+            on_done(records[i])
+        return records
+    executor, _ = make_executor(workers)
+    with executor:
+        futures = {executor.submit(_grade_one, job): i for i, job in enumerate(jobs)}
+        for future in as_completed(futures):
+            i = futures[future]
+            try:
+                records[i] = future.result()
+            except Exception as exc:  # noqa: BLE001 - a dead worker: this job's record, never the batch
+                path = Path(jobs[i]["path"])
+                spec = manifests.assignment(jobs[i].get("assignment") or path.stem)
+                message = f"the grader could not grade this notebook ({type(exc).__name__}: {exc})"
+                records[i] = _record(spec.notebook, path, "crashed", 0.0, message,
+                                     _zero(spec, "error", "not graded: " + message), spec.max_score)
+            on_done(records[i])
+    return records
+
+
 def write_csv(records: list[dict], path: Path, exercise_ids: list[str]) -> None:
     with open(path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)

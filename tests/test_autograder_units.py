@@ -375,3 +375,19 @@ def test_a_grader_failure_is_a_record_not_a_crash(tmp_path, monkeypatch):
                                            "outputs": [], "execution_count": None, "id": "a"}]}))
     record = grade_notebook(path)
     assert record["status"] == "crashed" and "No space left" in record["message"]
+
+
+def test_grade_many_keeps_the_order_and_reports_each_notebook_as_it_finishes(tmp_path):
+    """Two workers, bad files (no kernel needed): every job gets its own record, in the order given."""
+    from autograder.classgrade import grade_many
+
+    broken = tmp_path / "01_attention.ipynb"
+    broken.write_text("{not json", encoding="utf-8")
+    empty = tmp_path / "02_transformer.ipynb"
+    empty.write_bytes(b"")
+    seen = []
+    records = grade_many([dict(path=broken), dict(path=empty), dict(path=tmp_path / "missing.ipynb", assignment="00_setup")],
+                         workers=2, on_done=seen.append)
+    assert [r["notebook"] for r in records] == ["01_attention", "02_transformer", "00_setup"]
+    assert [r["status"] for r in records] == ["invalid"] * 3
+    assert sorted(r["notebook"] for r in seen) == sorted(r["notebook"] for r in records)
