@@ -28,6 +28,18 @@ def machine_load() -> str:
     return f"{threads} thread{'s' if threads > 1 else ''}, load {load:.1f} on {os.cpu_count()} cores"
 
 
+def choose_threads(threads: int | None = None) -> int:
+    """Set PyTorch's number of threads: ``threads`` if given, else all cores when the machine is idle
+    and 1 when it is busy (load average above half the cores), where threads wait on each other and
+    two can be many times slower than one. Returns the number chosen."""
+    if not threads:
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+        cores = os.cpu_count() or 1
+        threads = 1 if load > cores / 2 else torch.get_num_threads()
+    torch.set_num_threads(threads)
+    return threads
+
+
 def held_out_ids(tokenizer, n_tokens: int, offset_chars: int = 0) -> torch.Tensor:
     """(1, n_tokens) ids of held-out Shakespeare: the last 10 % of the plays (notebook 04's validation split)."""
     from .assets import shakespeare_text
@@ -87,6 +99,19 @@ def decode_seconds_per_token(model, prompt: torch.Tensor, new_tokens: int = 16) 
     """Median seconds of one decode step (batch of ``prompt``), after a prefill of the prompt."""
     _, times = greedy_decode(model, prompt, new_tokens + 1)
     return statistics.median(times)
+
+
+def interleaved_decode_seconds(models: list, prompt: torch.Tensor, new_tokens: int = 8, rounds: int = 3) -> list[float]:
+    """Median seconds per decode step of each model, measured in turns (A, B, A, B, ...).
+
+    On a shared machine the load drifts; taking turns gives every model the same conditions, so
+    their ratio is fairer than two measurements one after the other.
+    """
+    times: list[list[float]] = [[] for _ in models]
+    for _ in range(rounds):
+        for model, bucket in zip(models, times):
+            bucket.extend(greedy_decode(model, prompt, new_tokens + 1)[1])
+    return [statistics.median(bucket) for bucket in times]
 
 
 @torch.no_grad()
