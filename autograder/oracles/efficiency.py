@@ -253,6 +253,10 @@ def _distill_outputs(loss_of):
     return produce
 
 
+def _teacher_gets_gradient(inputs):
+    return {**_distill_outputs(_distill_reference)(inputs), "teacher_untouched": False}
+
+
 def _distill_reference(s, t, labels, T, alpha):
     from utils.efficiency import distillation_loss
 
@@ -399,6 +403,8 @@ ORACLES = {
                      "sum the KL over the vocabulary and average over positions (reduction='batchmean' on (N, V))"),
             Detector("student not softened", _distill_outputs(_distill_student_not_softened),
                      "divide the student's logits by T as well as the teacher's"),
+            Detector("teacher not detached", _teacher_gets_gradient,
+                     "the teacher is not trained: use teacher_logits.detach() so that no gradient flows into it"),
             Detector("soft cross-entropy", _distill_outputs(_distill_cross_entropy_soft),
                      "use the KL divergence, not the soft cross-entropy: they differ by the teacher's entropy"),
         ),
