@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import threading
 import time
-import types
+import warnings
 
 import httpx
 import pytest
@@ -171,9 +171,11 @@ def test_quant_linear_mistakes_get_their_hints():
 
 def test_distillation_mistakes_get_their_hints():
     def no_t2(s, t, labels, T=2.0, alpha=0.5):
-        return efficiency.distillation_loss(s, t, labels, T, alpha) - alpha * (T * T - 1) * nn.functional.kl_div(
-            nn.functional.log_softmax(s.reshape(-1, s.shape[-1]) / T, -1),
-            nn.functional.log_softmax(t.reshape(-1, t.shape[-1]) / T, -1), log_target=True, reduction="batchmean")
+        V = s.shape[-1]
+        soft = nn.functional.kl_div(nn.functional.log_softmax(s.reshape(-1, V) / T, -1),
+                                    nn.functional.log_softmax(t.detach().reshape(-1, V) / T, -1), log_target=True,
+                                    reduction="batchmean")
+        return alpha * soft + (1 - alpha) * nn.functional.cross_entropy(s.reshape(-1, V), labels.reshape(-1))
 
     def teacher_not_detached(s, t, labels, T=2.0, alpha=0.5):
         V = s.shape[-1]
@@ -189,13 +191,13 @@ def test_distillation_mistakes_get_their_hints():
 # ----------------------------------------------------------------------------- references against outside measurements
 
 
-def tiny_llama(vocab_size=97, tie=True, layers=2, heads=4, kv_heads=2, hidden=32, seed=0):
+def tiny_llama(vocab_size=97, tie=True, layers=2, heads=4, kv_heads=2, hidden=32, seed=0, **options):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
     config = LlamaConfig(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=48, num_hidden_layers=layers,
                          num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=256,
-                         tie_word_embeddings=tie)
+                         tie_word_embeddings=tie, **options)
     return LlamaForCausalLM(config).eval()
 
 
@@ -212,7 +214,7 @@ def test_kv_cache_bytes_is_the_size_of_a_real_cache():
 def test_decode_flops_are_what_pytorch_counts_in_a_decode_step():
     from torch.utils.flop_counter import FlopCounterMode
 
-    model = tiny_llama(tie=False)
+    model = tiny_llama(tie=False, attn_implementation="eager")    # attention as matmuls, which the counter sees
     ids = torch.randint(0, 97, (1, 9))
     with torch.no_grad():
         cache = model(ids, use_cache=True).past_key_values
@@ -225,7 +227,10 @@ def test_decode_flops_are_what_pytorch_counts_in_a_decode_step():
 def test_int8_integers_are_pytorchs_quantize_per_channel():
     w = torch.randn(16, 40) * torch.logspace(-2, 0, 16)[:, None]
     q, scale = efficiency.quantize_absmax_int8(w, dim=0)
-    theirs = torch.quantize_per_channel(w, scale.flatten().double(), torch.zeros(16, dtype=torch.long), 0, torch.qint8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")              # PyTorch's quantized tensors are deprecated, still right
+        theirs = torch.quantize_per_channel(w, scale.flatten().double(), torch.zeros(16, dtype=torch.long), 0,
+                                            torch.qint8)
     assert torch.equal(q, theirs.int_repr())
     assert (efficiency.dequantize(q, scale) - w).abs().le(scale / 2 + 1e-7).all()
 
@@ -256,16 +261,17 @@ def test_distillation_kl_is_torch_distributions_kl():
 def test_quantize_model_shares_the_tied_matrix_and_stays_close():
     model = tiny_llama(hidden=64)
     ids = torch.randint(0, 97, (2, 12))
-    for bits, dequantize, ratio in ((8, efficiency.dequantize, 0.30), (4, efficiency.dequantize_int4_groupwise, 0.25)):
+    for bits, dequantize, ratio in ((8, efficiency.dequantize, 0.30), (4, efficiency.dequantize_int4_groupwise, 0.30)):
         quantized = inference.quantize_model(
-            model, lambda name, linear: efficiency.QuantLinear(linear, bits, group_size=32), embedding_dequantize=dequantize)
+            model, lambda name, linear: efficiency.QuantLinear(linear, bits, group_size=16), embedding_dequantize=dequantize)
         assert isinstance(quantized.get_input_embeddings(), inference.QuantizedEmbedding)
         assert inference.model_bytes(quantized) < ratio * inference.model_bytes(model)
         with torch.no_grad():
             head = quantized.get_output_embeddings()
             assert torch.allclose(quantized.get_input_embeddings()(ids), head.weight_hat()[ids])
             assert (quantized(ids).logits - model(ids).logits).abs().max() < (0.05 if bits == 8 else 0.5)
-    assert inference.model_bytes(model) == sum(p.numel() * 4 for p in model.parameters())    # tied: counted once
+    buffers = sum(b.numel() * b.element_size() for b in model.buffers())
+    assert inference.model_bytes(model) == sum(p.numel() * 4 for p in model.parameters()) + buffers   # tied: once
 
 
 def test_library_int8_and_skipping_layers():
@@ -273,8 +279,8 @@ def test_library_int8_and_skipping_layers():
     names = inference.linear_names(model)
     assert names[-1] == "lm_head" and len(names) == 2 * 7 + 1
     quantized = inference.library_int8(model, skip=lambda name: name.endswith("down_proj"))
-    kinds = {name: type(module).__name__ for name, module in quantized.named_modules() if name in names}
-    assert kinds["model.layers.0.mlp.down_proj"] == "Linear" and kinds["model.layers.0.self_attn.q_proj"] != "Linear"
+    kinds = {name: type(module) for name, module in quantized.named_modules() if name in names}
+    assert kinds["model.layers.0.mlp.down_proj"] is nn.Linear and kinds["model.layers.0.self_attn.q_proj"] is not nn.Linear
     assert 0 < inference.library_bytes(quantized) < inference.model_bytes(model)
     absmax = inference.input_absmax(model, torch.randint(0, 97, (1, 8)))
     assert set(absmax) == set(names) and all(value > 0 for value in absmax.values())
@@ -359,9 +365,11 @@ def test_a_full_queue_answers_429_at_once(server_model, tokenizer):
     with serving.LocalServer(server_model, tokenizer, max_pending=1, max_tokens_limit=10_000) as server:
         with httpx.stream("POST", f"{server.url}/v1/completions", timeout=30,
                           json={"prompt": "go on", "max_tokens": 5000, "stream": True}) as response:
-            next(response.iter_lines())
+            lines = response.iter_lines()                  # keep it: a dropped iterator closes the stream
+            first = next(lines)
+            stats = httpx.get(f"{server.url}/stats", timeout=10).json()
             refused = httpx.post(f"{server.url}/v1/completions", json={"prompt": "me too", "max_tokens": 2}, timeout=10)
-        assert refused.status_code == 429 and "busy" in refused.json()["error"]["message"]
+        assert refused.status_code == 429 and "busy" in refused.json()["error"]["message"], (first, stats, refused.text)
 
 
 def test_load_test_counts_tokens_and_batches(server_model, tokenizer):

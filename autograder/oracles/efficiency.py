@@ -66,7 +66,9 @@ def _decode_variant(*, attention=True, mac=False, lm_head=True, mlp_matrices=3, 
         kv = h if kv_heads_all else c.num_key_value_heads
         n = int(inputs["seq_len"])
         weights = L * (2 * d * h * dh + 2 * d * kv * dh + mlp_matrices * d * ff) + (d * V if lm_head else 0)
-        flops = (1 if mac else 2) * weights + (4 * L * h * dh * n if attention else 0)
+        flops = 2 * weights + (4 * L * h * dh * n if attention else 0)
+        if mac:                                  # one FLOP per multiply-add, everywhere
+            flops //= 2
         cache = 2 * L * n * kv * dh if kv_bytes else 0
         return {"flops": flops, "bytes": (weights + cache) * int(inputs["dtype_bytes"])}
     return produce
