@@ -53,14 +53,16 @@ def run() -> dict:
     def measure(name, quantized, n_bytes=None, speed=True):
         start = time.perf_counter()
         ppl = inference.perplexity(quantized, held_out)
-        row = {"ppl": ppl, "ppl_seconds": time.perf_counter() - start,
-               "bytes": n_bytes if n_bytes is not None else inference.model_bytes(quantized)}
-        row["bytes_ratio"] = row["bytes"] / fp32_bytes
+        if n_bytes is None and not name.startswith("optimum-quanto"):   # quanto's tensors have no plain storage
+            n_bytes = inference.model_bytes(quantized)
+        row = {"ppl": ppl, "ppl_seconds": time.perf_counter() - start, "bytes": n_bytes,
+               "bytes_ratio": None if n_bytes is None else n_bytes / fp32_bytes}
         if speed:
             step = inference.decode_seconds_per_token(quantized, prompt, 8)
             row.update(decode_ms=1000 * step, load=inference.machine_load())
         rows[name] = row
-        print(f"  {name:28s} ppl {ppl:7.2f}  bytes x{row['bytes_ratio']:.3f}" +
+        size = "" if n_bytes is None else f"  bytes x{row['bytes_ratio']:.3f}"
+        print(f"  {name:28s} ppl {ppl:7.2f}{size}" +
               (f"  decode {row['decode_ms']:.0f} ms  ({row['load']})" if speed else ""), flush=True)
 
     measure("fp32", model)

@@ -205,7 +205,7 @@ def test_kv_cache_bytes_is_the_size_of_a_real_cache():
     model = tiny_llama()
     ids = torch.randint(0, 97, (3, 11))
     with torch.no_grad():
-        cache = model(ids, use_cache=True).past_key_values
+        cache = model(ids, use_cache=True).cache
     stored = sum(layer.keys.numel() * layer.keys.element_size() + layer.values.numel() * layer.values.element_size()
                  for layer in cache.layers)
     assert stored == efficiency.kv_cache_bytes(model.config, batch=3, seq_len=11, dtype_bytes=4)
@@ -217,7 +217,7 @@ def test_decode_flops_are_what_pytorch_counts_in_a_decode_step():
     model = tiny_llama(tie=False, attn_implementation="eager")    # attention as matmuls, which the counter sees
     ids = torch.randint(0, 97, (1, 9))
     with torch.no_grad():
-        cache = model(ids, use_cache=True).past_key_values
+        cache = model(ids, use_cache=True).cache
         with FlopCounterMode(display=False) as counter:
             model(torch.tensor([[5]]), cache=cache, use_cache=True)     # the cache now holds 10 positions
     flops, _ = efficiency.decode_flops_and_bytes(model.config, seq_len=10)

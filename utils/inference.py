@@ -78,7 +78,7 @@ def greedy_decode(model, ids: torch.Tensor, max_new_tokens: int, on_token: Calla
     ``on_token(step, ids (B,))`` is called after every token.
     """
     out = model(ids, use_cache=True)
-    cache = out.past_key_values
+    cache = out.cache
     next_ids = out.logits[:, -1].argmax(-1)                                  # (B,)
     new, times = [next_ids], []
     if on_token:
@@ -86,7 +86,7 @@ def greedy_decode(model, ids: torch.Tensor, max_new_tokens: int, on_token: Calla
     for step in range(1, max_new_tokens):
         start = time.perf_counter()
         out = model(next_ids[:, None], cache=cache, use_cache=True)
-        cache = out.past_key_values
+        cache = out.cache
         next_ids = out.logits[:, -1].argmax(-1)
         times.append(time.perf_counter() - start)
         new.append(next_ids)

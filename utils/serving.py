@@ -1,6 +1,6 @@
 """A small OpenAI-style completion server with a request queue and dynamic batching (notebook 09).
 
-What a serving engine does, in about three hundred lines:
+What a serving engine does, in one file:
 
 * **an HTTP API** (FastAPI): ``POST /v1/completions`` with the body OpenAI's completions API takes
   (``prompt``, ``max_tokens``, ``temperature``, ``stream``), answering JSON or, with
@@ -158,7 +158,7 @@ class BatchingEngine:
         mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in encoded])   # (B, T)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)                                        # (B, T)
         out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True)
-        cache, logits = out.past_key_values, out.logits[:, -1]                                # (B, V)
+        cache, logits = out.cache, out.logits[:, -1]                                # (B, V)
         rows = list(range(len(batch)))           # row i of the cache belongs to batch[rows[i]]
         generated = [[] for _ in batch]
         texts = ["" for _ in batch]
@@ -199,7 +199,7 @@ class BatchingEngine:
             positions = positions[:, -1:] + 1                                                  # (b, 1)
             out = self.model(input_ids=next_ids[:, None], attention_mask=mask, position_ids=positions,
                              cache=cache, use_cache=True)
-            cache, logits = out.past_key_values, out.logits[:, -1]
+            cache, logits = out.cache, out.logits[:, -1]
             step += 1
 
     @staticmethod
