@@ -416,3 +416,15 @@ def test_the_release_runs_top_to_bottom_in_fast_mode(tmp_path, monkeypatch):
         assert f"{name} is not implemented yet" in text, name
         assert f"your {name} does not pass its self-check yet: this cell uses the course's version" in text, name
     assert "a bad body: 400" in text and "still serving" in text and "server stopped" in text
+
+
+def test_perplexity_is_exp_of_transformers_shifted_loss():
+    """The same number whether it comes from notebook 08's ``utils.evaluation.perplexity`` (once merged,
+    one window over the text) or from ``transformers``' own loss."""
+    import math
+
+    model = tiny_llama()
+    ids = torch.randint(0, 97, (1, 40))
+    with torch.no_grad():
+        expected = math.exp(model(ids, labels=ids).loss.item())
+    assert inference.perplexity(model, ids) == pytest.approx(expected, rel=1e-5)

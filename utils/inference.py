@@ -57,16 +57,17 @@ def held_out_ids(tokenizer, n_tokens: int, offset_chars: int = 0) -> torch.Tenso
 def perplexity(model, ids: torch.Tensor) -> float:
     """exp(mean next-token loss) of ``ids`` (1, N), N within the context window.
 
-    Notebook 08's graded ``perplexity`` (its reference will live in ``utils.evaluation``) is used when
-    it exists; until then, ``transformers``' own shifted loss (``labels=ids``), which is the same number
-    for a text that fits in one window.
+    Notebook 08's graded ``perplexity(model, ids, window, stride)`` (``utils.evaluation``) is used when
+    it exists, with one window over the whole text; until then, ``transformers``' own shifted loss
+    (``labels=ids``), which is the same number for a text that fits in one window.
     """
     try:
         from .evaluation import perplexity as course_perplexity   # notebook 08, once it exists
     except ImportError:
         course_perplexity = None
     if course_perplexity is not None:
-        return float(course_perplexity(model, ids))
+        n = ids.shape[1]
+        return float(course_perplexity(model, ids, window=n, stride=n))
     return math.exp(model(ids, labels=ids).loss.float().item())
 
 
