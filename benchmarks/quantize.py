@@ -52,7 +52,7 @@ def run() -> dict:
 
     def measure(name, quantized, n_bytes=None, speed=True):
         start = time.perf_counter()
-        ppl = inference.perplexity(quantized, held_out)
+        ppl = inference.window_perplexity(quantized, held_out)
         if n_bytes is None and not name.startswith("optimum-quanto"):   # quanto's tensors have no plain storage
             n_bytes = inference.model_bytes(quantized)
         row = {"ppl": ppl, "ppl_seconds": time.perf_counter() - start, "bytes": n_bytes,
@@ -89,11 +89,11 @@ def run() -> dict:
 
     # the mixed recipe: choose the threshold on the calibration text, score it on the held-out text
     absmax = inference.input_absmax(model, calibration)
-    calibration_fp32 = inference.perplexity(model, calibration)
+    calibration_fp32 = inference.window_perplexity(model, calibration)
     chosen, search = None, []
     for threshold in THRESHOLDS:
         candidate = inference.library_int8(model, skip=lambda name: absmax[name] > threshold)
-        increase = inference.perplexity(candidate, calibration) / calibration_fp32 - 1
+        increase = inference.window_perplexity(candidate, calibration) / calibration_fp32 - 1
         search.append({"threshold": threshold, "calibration_ppl_increase": increase,
                        "float_layers": sum(v > threshold for v in absmax.values())})
         if increase <= 0.04:

@@ -418,13 +418,13 @@ def test_the_release_runs_top_to_bottom_in_fast_mode(tmp_path, monkeypatch):
     assert "a bad body: 400" in text and "still serving" in text and "server stopped" in text
 
 
-def test_perplexity_is_exp_of_transformers_shifted_loss():
-    """The same number whether it comes from notebook 08's ``utils.evaluation.perplexity`` (once merged,
-    one window over the text) or from ``transformers``' own loss."""
+def test_window_perplexity_is_exp_of_the_mean_next_token_loss():
+    """Computed by hand: position t predicts token t+1, the last position predicts nothing."""
     import math
 
     model = tiny_llama()
     ids = torch.randint(0, 97, (1, 40))
     with torch.no_grad():
-        expected = math.exp(model(ids, labels=ids).loss.item())
-    assert inference.perplexity(model, ids) == pytest.approx(expected, rel=1e-5)
+        logprobs = torch.log_softmax(model(ids).logits[0, :-1].float(), dim=-1)   # (39, V)
+    expected = math.exp(-logprobs.gather(-1, ids[0, 1:, None]).mean().item())
+    assert inference.window_perplexity(model, ids) == pytest.approx(expected, rel=1e-5)

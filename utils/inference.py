@@ -54,20 +54,11 @@ def held_out_ids(tokenizer, n_tokens: int, offset_chars: int = 0) -> torch.Tenso
 
 
 @torch.no_grad()
-def perplexity(model, ids: torch.Tensor) -> float:
-    """exp(mean next-token loss) of ``ids`` (1, N), N within the context window.
-
-    Notebook 08's graded ``perplexity(model, ids, window, stride)`` (``utils.evaluation``) is used when
-    it exists, with one window over the whole text; until then, ``transformers``' own shifted loss
-    (``labels=ids``), which is the same number for a text that fits in one window.
+def window_perplexity(model, ids: torch.Tensor) -> float:
+    """exp(mean next-token loss) of ``ids`` (1, N), N within the context window: one window, scored by
+    ``transformers``' own shifted loss (``labels=ids``). Notebook 08's graded ``perplexity`` slides
+    windows over a longer text; for a text that fits in one window both give this number.
     """
-    try:
-        from .evaluation import perplexity as course_perplexity   # notebook 08, once it exists
-    except ImportError:
-        course_perplexity = None
-    if course_perplexity is not None:
-        n = ids.shape[1]
-        return float(course_perplexity(model, ids, window=n, stride=n))
     return math.exp(model(ids, labels=ids).loss.float().item())
 
 
