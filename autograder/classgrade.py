@@ -35,13 +35,13 @@ import time
 import warnings
 from concurrent.futures import Executor, ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from . import manifests
 from .grade import _record, _zero, grade_notebook
 from .report import csv_cell, feedback_html, feedback_markdown
-from .sandbox import ROOT, Limits, isolation
+from .sandbox import ROOT, Limits, isolation, threads_per_run
 from .spec import DEFAULT_SECRET, hidden_secret
 
 RESUME = ".resume.json"  # student -> {"sha256", "grader"} of the record in DIR (the instructor's, not the students')
@@ -260,6 +260,11 @@ def grade_many(jobs: list[dict], workers: int = 2, on_done=None) -> list[dict]:
             records[i] = grade_notebook(**job)
             on_done(records[i])
         return records
+    def shared_cores(limits: Limits | None) -> Limits:
+        limits = limits or Limits()
+        return limits if limits.threads else replace(limits, threads=threads_per_run(workers))
+
+    jobs = [{**job, "limits": shared_cores(job.get("limits"))} for job in jobs]
     executor, _ = make_executor(workers)
     with executor:
         futures = {executor.submit(_grade_one, job): i for i, job in enumerate(jobs)}
@@ -368,6 +373,8 @@ def grade_class(submitted: Path, assignment: str, out: Path, gradebook: Path | N
     out.mkdir(parents=True, exist_ok=True)
     gradebook = gradebook or out / "gradebook.db"
     limits = limits or Limits()
+    if limits.threads is None and not dask_scheduler:   # a dask worker's machine has its own cores
+        limits = replace(limits, threads=threads_per_run(workers))
     box = isolation()
     for note in box.notes:
         log(f"sandbox: {note}")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -391,3 +393,14 @@ def test_grade_many_keeps_the_order_and_reports_each_notebook_as_it_finishes(tmp
     assert [r["notebook"] for r in records] == ["01_attention", "02_transformer", "00_setup"]
     assert [r["status"] for r in records] == ["invalid"] * 3
     assert sorted(r["notebook"] for r in seen) == sorted(r["notebook"] for r in records)
+
+
+def test_runs_graded_at_once_share_the_cores_out():
+    from autograder.execute import sandbox_env
+    from autograder.sandbox import threads_per_run
+
+    assert threads_per_run(1) == (os.cpu_count() or 1)
+    assert threads_per_run(64) == 1
+    env = sandbox_env(Path("/cache"), threads=1)
+    assert env["OMP_NUM_THREADS"] == env["MKL_NUM_THREADS"] == "1"
+    assert "OMP_NUM_THREADS" not in sandbox_env(Path("/cache"))
