@@ -93,7 +93,8 @@ def bm25_scores(query_tokens, corpus_tokens, k1=1.5, b=0.75):
                 continue
             idf = math.log(1 + (n_docs - df[token] + 0.5) / (df[token] + 0.5))
             tf = np.array([c.get(token, 0) for c in counts], dtype=np.float64)     # (N,)
-            scores[q] += idf * tf / (tf + norm)
+            hit = tf > 0                       # (an empty document with b = 1 has norm 0: 0 / 0 there)
+            scores[q, hit] += idf * tf[hit] / (tf[hit] + norm[hit])
     return scores
 
 

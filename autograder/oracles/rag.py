@@ -224,7 +224,8 @@ def _bm25_variant(kind):
                 if kind == "no length normalisation":
                     norm = np.full(N, k1)
                 factor = (k1 + 1) if kind == "(k1 + 1) numerator" else 1.0
-                scores[row] += idf * tf * factor / (tf + norm)
+                hit = tf > 0
+                scores[row, hit] += idf * tf[hit] * factor / (tf[hit] + norm[hit])
         return {"scores": scores}
 
     return produce
