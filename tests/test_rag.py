@@ -430,6 +430,9 @@ def test_squad_metrics_and_answer_extraction():
     assert corpora.f1_score("", ["Paris"]) == 0.0
     assert corpora.extract_answer("\n The answer is: 74.3 years [2]\n\nSource: [1]") == "74.3 years"
     assert corpora.citations("74.3 [2] and [10]") == [2, 10]
+    assert corpora.contains_answer("The capital of France is Paris.", ["Paris"]) == 1.0
+    assert corpora.contains_answer("Parisian", ["Paris"]) == 0.0 == corpora.contains_answer("x", [""])
+    assert corpora.content_words("What is the population of Côte d'Ivoire?") == ["population", "côte", "d", "ivoire"]
 
 
 def test_the_benchmark_reports_the_targets_the_issue_names():

@@ -327,6 +327,22 @@ def shakespeare_lines(min_words: int = 4) -> list[str]:
             if line and not line.endswith(":") and len(line.split()) >= min_words]
 
 
+# ----------------------------------------------------------------------------------------- words for BM25
+
+# Lucene's English stop set (its EnglishAnalyzer's default), plus the question words of our queries.
+STOPWORDS = frozenset("a an and are as at be but by for if in into is it no not of on or such that the their then "
+                      "there these they this to was will with what which who how does do has have".split())
+
+
+def content_words(text: str) -> list[str]:
+    """Lower-cased runs of letters and digits, stopwords removed: the tokens BM25 indexes.
+
+    >>> content_words("What is the population of Côte d'Ivoire?")
+    ['population', 'côte', 'd', 'ivoire']
+    """
+    return [word for word in re.findall(r"\w+", text.lower()) if word not in STOPWORDS]
+
+
 # ----------------------------------------------------------------------------------------- SQuAD metrics
 
 def normalize_answer(text: str) -> str:
@@ -364,6 +380,13 @@ def extract_answer(response: str) -> str:
     line = _CITATION.sub("", line)
     line = re.sub(r"^\s*(the answer is|answer)\s*:?\s*", "", line, flags=re.IGNORECASE)
     return line.strip().rstrip(".").strip()
+
+
+def contains_answer(prediction: str, answers) -> float:
+    """1.0 when a normalised answer appears, as whole words, inside the normalised prediction: a
+    lenient score for models that answer in a sentence ("The capital of France is Paris")."""
+    text = f" {normalize_answer(prediction)} "
+    return float(any(normalize_answer(a) and f" {normalize_answer(a)} " in text for a in answers))
 
 
 def f1_score(prediction: str, answers) -> float:
