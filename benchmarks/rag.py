@@ -7,8 +7,9 @@
   reciprocal rank fusion, its BM25 weight chosen on the dev split and reported on the test split.
 * **Generation**: SmolLM2-135M-Instruct, greedy, on numeric test questions (population, area,
   median age, life expectancy): exact match closed-book and with the top 3 fused passages in 07's
-  prompt (``build_rag_prompt``), SQuAD normalisation, first line of the answer.
-* **Approximate search**: FAISS HNSW (M=32, efConstruction=64, efSearch=64) against exact inner
+  prompt (``build_rag_prompt``), SQuAD normalisation, first line of the answer; also with the top 3
+  dense passages and with the oracle chunk alone, to tell a retrieval miss from a reading error.
+* **Approximate search**: FAISS HNSW (M, efConstruction and efSearch in ``CONFIG``) against exact inner
   product search (``IndexFlatIP``) over the Factbook chunks, KJV verses and Shakespeare lines
   (>= 100,000 texts), one query at a time on one thread: recall@10 against the exact top 10, and
   latency. These vectors are MiniLM's *static* embeddings (mean of its input word-piece vectors,
@@ -93,15 +94,15 @@ def _retrieval(chunks, questions, minilm):
         by_kind[kind] = {name: round(recall_at_k([r[i] for i in rows], [gold[i] for i in rows], k), 4)
                          for name, r in (("bm25", bm25), ("dense", dense), ("hybrid", hybrid))}
     result["recall_by_kind"] = by_kind
-    return result, test, hybrid, chunk_emb
+    return result, test, hybrid, dense, chunk_emb
 
 
-def _generation(test, hybrid, chunks):
+def _generation(test, hybrid, dense, chunks):
     import torch
 
     from utils.assets import load_smollm2
     from utils.corpora import contains_answer, exact_match, extract_answer
-    from utils.retrieval import build_rag_prompt
+    from utils.retrieval import build_rag_prompt, recall_at_k
 
     tokenizer, model = load_smollm2()
     tokenizer.padding_side = "left"
@@ -125,14 +126,21 @@ def _generation(test, hybrid, chunks):
                       for i in rows]
     rag_prompts = [build_rag_prompt(test[i]["question"], [chunks[c]["text"] for c in hybrid[i][: CONFIG["generation_passages"]]])
                    for i in rows]
+    dense_prompts = [build_rag_prompt(test[i]["question"], [chunks[c]["text"] for c in dense[i][: CONFIG["generation_passages"]]])
+                     for i in rows]
+    oracle_prompts = [build_rag_prompt(test[i]["question"], [chunks[min(test[i]["relevant"])]["text"]]) for i in rows]
     start = time.perf_counter()
     closed, rag = respond(closed_prompts), respond(rag_prompts)
     seconds = time.perf_counter() - start
+    rag_dense, oracle = respond(dense_prompts), respond(oracle_prompts)   # where the loss is: retrieval or reading
     def score(answers, metric=exact_match):
         return float(np.mean([metric(extract_answer(a), test[i]["answers"]) for a, i in zip(answers, rows)]))
 
     return {"closed_book_exact_match": score(closed), "rag_exact_match": score(rag),
             "closed_book_contains_answer": score(closed, contains_answer), "rag_contains_answer": score(rag, contains_answer),
+            "rag_dense_exact_match": score(rag_dense), "oracle_passage_exact_match": score(oracle),
+            "hybrid_top3_recall": recall_at_k([hybrid[i][:3] for i in rows], [test[i]["relevant"] for i in rows], 3),
+            "dense_top3_recall": recall_at_k([dense[i][:3] for i in rows], [test[i]["relevant"] for i in rows], 3),
             "generation_questions": len(rows),
             "generation_seconds": round(seconds, 1),
             "examples": [{"question": test[i]["question"], "answers": test[i]["answers"], "closed": c.split("\n")[0],
@@ -218,8 +226,8 @@ def run() -> dict:
             per_kind[key] = per_kind.get(key, 0) + 1
             questions.append(q)
     minilm = load_minilm()
-    retrieval, test, hybrid, chunk_emb = _retrieval(chunks, questions, minilm)
-    generation = _generation(test, hybrid, chunks)
+    retrieval, test, hybrid, dense, chunk_emb = _retrieval(chunks, questions, minilm)
+    generation = _generation(test, hybrid, dense, chunks)
     ann = _ann(chunks, questions, minilm, chunk_emb)
     best_single = max(retrieval["bm25_recall"], retrieval["dense_recall"])
     values = {"rag_exact_match": generation["rag_exact_match"],
