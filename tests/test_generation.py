@@ -126,7 +126,8 @@ def test_the_course_references_pass_the_cheap_exercises():
                       ("generation.repeat_kv", llama.repeat_kv), ("generation.kv_cache", llama.KVCache),
                       ("generation.top_k", decoding.top_k_filter), ("generation.top_p", decoding.top_p_filter),
                       ("generation.min_p", decoding.min_p_filter), ("generation.sample", decoding.sample),
-                      ("generation.repetition_penalty", decoding.repetition_penalty)):
+                      ("generation.repetition_penalty", decoding.repetition_penalty),
+                      ("generation.choice_processor", decoding.ChoiceLogitsProcessor)):
         assert all(passed for _, passed, _ in outcomes(exercise(ex_id), fn)), ex_id
 
 
@@ -332,6 +333,88 @@ def sample_gumbel_biased(logits, generator=None, temperature=1.0):
     return (logits / temperature + noise).argmax(-1)
 
 
+def beam_greedy(model, input_ids, num_beams, max_new_tokens, length_penalty=1.0, eos_token_id=None):
+    from utils.decoding import generate
+
+    return generate(model, input_ids, max_new_tokens, eos_token_id)
+
+
+def beam_no_normalisation(model, input_ids, num_beams, max_new_tokens, length_penalty=1.0, eos_token_id=None):
+    from utils.decoding import beam_search
+
+    return beam_search(model, input_ids, num_beams, max_new_tokens, 0.0, eos_token_id)
+
+
+def beam_num_beams_candidates(model, input_ids, num_beams, max_new_tokens, length_penalty=1.0, eos_token_id=None):
+    beams, scores, finished = input_ids, torch.zeros(1), []
+    for step in range(1, max_new_tokens + 1):
+        logprobs = torch.log_softmax(model(beams)[:, -1], -1)
+        V = logprobs.shape[-1]
+        top_scores, top_index = (scores[:, None] + logprobs).flatten().topk(num_beams)
+        next_beams, next_scores = [], []
+        for score, index in zip(top_scores.tolist(), top_index.tolist()):
+            beam, token = divmod(index, V)
+            sequence = torch.cat([beams[beam], torch.tensor([token])])
+            if token == eos_token_id or step == max_new_tokens:
+                finished.append((score / step ** length_penalty, sequence))
+            else:
+                next_beams.append(sequence)
+                next_scores.append(score)
+        finished = sorted(finished, key=lambda item: -item[0])[:num_beams]
+        if len(finished) == num_beams or not next_beams:
+            break
+        beams, scores = torch.stack(next_beams), torch.tensor(next_scores)
+    return finished[0][1][None]
+
+
+def spec_returns_draft(model, draft, input_ids, max_new_tokens, k=4, eos_token_id=None):
+    from utils.decoding import generate
+
+    return generate(draft, input_ids, max_new_tokens, eos_token_id), 1.0
+
+
+def spec_off_by_one(model, draft, input_ids, max_new_tokens, k=4, eos_token_id=None):
+    """Compares proposal i with the model's choice AT position i (one too late), without a cache."""
+    ids, accepted, proposed = input_ids, 0, 0
+    while ids.shape[1] - input_ids.shape[1] < max_new_tokens:
+        proposals = []
+        for _ in range(k):
+            proposals.append(draft(torch.cat([ids] + proposals, 1))[:, -1].argmax(-1, keepdim=True))
+        proposals = torch.cat(proposals, 1)
+        choices = model(torch.cat([ids, proposals], 1))[:, ids.shape[1]:].argmax(-1)     # (1, k): shifted
+        a = 0
+        while a < k - 1 and proposals[0, a] == choices[0, a]:
+            a += 1
+        accepted, proposed = accepted + a, proposed + k
+        ids = torch.cat([ids, proposals[:, :a], choices[:, a:a + 1]], 1)[:, :input_ids.shape[1] + max_new_tokens]
+    return ids, accepted / proposed
+
+
+def spec_one_call_per_proposal(model, draft, input_ids, max_new_tokens, k=4, eos_token_id=None):
+    """Right tokens, but each proposal verified by its own call of the model: no saving."""
+    from utils.decoding import generate
+
+    ids = generate(model, input_ids, max_new_tokens, eos_token_id, use_cache=False)
+    return ids, 1.0
+
+
+def choice_no_eos_after_a_whole_choice(choices, prompt_length, eos_token_id):
+    from utils.decoding import ChoiceLogitsProcessor
+
+    class Wrong(ChoiceLogitsProcessor):
+        def allowed(self, generated):
+            tokens = [t for t in super().allowed(generated) if t != eos_token_id]
+            return tokens or [eos_token_id]
+
+    return Wrong(choices, prompt_length, eos_token_id)
+
+
+def choice_prompt_counted(choices, prompt_length, eos_token_id):
+    from utils.decoding import ChoiceLogitsProcessor
+
+    return ChoiceLogitsProcessor(choices, 0, eos_token_id)
+
+
 WRONG = [
     ("generation.rms_norm", rms_layer_norm, "that is LayerNorm"),
     ("generation.rms_norm", rms_eps_outside, "inside, torch.rsqrt"),
@@ -359,6 +442,14 @@ WRONG = [
     ("generation.sample", sample_global_rng, "generator"),
     ("generation.sample", sample_first_row_only, "first row"),
     ("generation.sample", sample_gumbel_biased, "do not follow softmax"),
+    ("generation.beam_search", beam_greedy, "greedy decoding"),
+    ("generation.beam_search", beam_no_normalisation, "generated_length ** length_penalty"),
+    ("generation.beam_search", beam_num_beams_candidates, "2 * num_beams"),
+    ("generation.speculative", spec_returns_draft, "accept proposal i only if"),
+    ("generation.speculative", spec_off_by_one, "the tokens differ"),
+    ("generation.speculative", spec_one_call_per_proposal, "ONE call"),
+    ("generation.choice_processor", choice_no_eos_after_a_whole_choice, "both EOS"),
+    ("generation.choice_processor", choice_prompt_counted, "differs"),
 ]
 
 

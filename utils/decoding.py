@@ -221,3 +221,41 @@ class PromptLookup:
         logits = torch.zeros(input_ids.shape[0], input_ids.shape[1], self.vocab_size)
         logits[:, -1, guess] = 1.0
         return logits
+
+
+# --------------------------------------------------------------------------- structured output
+
+
+class ChoiceLogitsProcessor:
+    """Constrain generation to one of ``choices`` (lists of token ids), then EOS: a ``transformers``
+    ``LogitsProcessor`` (``generate(..., logits_processor=LogitsProcessorList([...]))``).
+
+    The tokens generated so far, ``input_ids[:, prompt_length:]``, are a prefix of some choices; the
+    allowed next tokens are those that continue one of them, plus EOS when the prefix is a whole
+    choice. Every other logit becomes -inf. The choices are stored as a trie (nested dicts).
+    """
+
+    END = -1                                             # the trie key that marks a complete choice
+
+    def __init__(self, choices, prompt_length, eos_token_id):
+        self.prompt_length, self.eos_token_id = prompt_length, eos_token_id
+        self.trie: dict = {}
+        for choice in choices:
+            node = self.trie
+            for token in choice:
+                node = node.setdefault(int(token), {})
+            node[self.END] = {}
+
+    def allowed(self, generated: list[int]) -> list[int]:
+        node = self.trie
+        for token in generated:
+            if token not in node:
+                return [self.eos_token_id]               # off the trie (cannot happen under the constraint)
+            node = node[token]
+        return [self.eos_token_id if token == self.END else token for token in node]
+
+    def __call__(self, input_ids, scores):
+        mask = torch.full_like(scores, float("-inf"))
+        for row in range(scores.shape[0]):
+            mask[row, self.allowed(input_ids[row, self.prompt_length:].tolist())] = 0.0
+        return scores + mask

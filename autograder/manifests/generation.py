@@ -325,7 +325,7 @@ GENERATE = Exercise(
         Case("small Llama, 12 tokens", {"config": (64, 32, 2, 4, 2, 64), "T": 5, "new": 12}),
         Case("a batch of 2, theta 1e5", {"config": (80, 48, 3, 6, 2, 96), "theta": 1e5, "B": 2, "T": 7, "new": 10}),
         Case("stops at EOS", {"config": (64, 32, 2, 4, 2, 64), "T": 4, "new": 16, "eos_at": 5}),
-        Case("SmolLM2, 16 tokens", {"smollm2": True, "new": 16}),
+        Case("SmolLM2, 8 tokens", {"smollm2": True, "new": 8}),
         Case("small Llama, 40 tokens", {"config": (96, 32, 2, 4, 1, 64), "T": 9, "new": 40}, hidden=True),
         Case("a batch of 3 with EOS", {"config": (64, 32, 2, 4, 2, 64), "B": 3, "T": 3, "new": 20, "eos_at": 6},
              hidden=True),
@@ -689,16 +689,65 @@ SPECULATIVE = Exercise(
                                            "draft_layers": 2}, hidden=True),
         Case("a perfect draft, k = 3, EOS", {"config": (64, 32, 2, 4, 1, 64), "T": 3, "new": 25, "k": 3,
                                              "draft_layers": 0, "eos_at": 9}, hidden=True),
-        Case("SmolLM2, 8-layer draft", {"smollm2": True, "new": 24, "k": 4, "draft_layers": 8}, hidden=True),
     ),
     library=("assistant_model", "prompt_lookup_num_tokens"),
     reference_impl="utils.decoding:speculative_generate",
+)
+
+# --------------------------------------------------------------------------- generation.choice_processor
+
+
+def choice_inputs(params, rng):
+    V, P = params["V"], params["P"]
+    lengths = params["lengths"]
+    choices = np.full((len(lengths), max(lengths)), -1, dtype=np.int64)
+    for i, n in enumerate(lengths):
+        choices[i, :n] = rng.choice(np.arange(1, V), size=n, replace=False)
+    for i, j, n in params.get("shared", ()):   # choice i starts with the first n tokens of choice j
+        choices[i, :n] = choices[j, :n]
+    return {"choices": choices, "prompt": rng.integers(0, V, size=P).astype(np.int64),
+            "scores": rng.standard_normal((64, V)).astype(np.float32), "eos": np.asarray(0)}
+
+
+def call_choice(fn, inputs):
+    import torch
+
+    choices = [[int(t) for t in row if t >= 0] for row in inputs["choices"]]
+    prompt = [int(t) for t in inputs["prompt"]]
+    processor = fn(choices, len(prompt), int(inputs["eos"]))
+    prefixes = sorted({tuple(c[:i]) for c in choices for i in range(len(c) + 1)})   # every prefix, in order
+    scores = torch.tensor(inputs["scores"])
+    out = []
+    for i, prefix in enumerate(prefixes):
+        row = scores[i % len(scores)][None].clone()                                # (1, V)
+        out.append(processor(torch.tensor([prompt + list(prefix)]), row)[0])
+    return {"scores": torch.stack(out)}                                            # (n_prefixes, V)
+
+
+CHOICE = Exercise(
+    id="generation.choice_processor",
+    callable="ChoiceLogitsProcessor",
+    points=2,
+    summary="a LogitsProcessor: only tokens that continue one of the choices (a trie), EOS after a whole choice",
+    make_inputs=choice_inputs,
+    call=call_choice,
+    atol=0.0,
+    rtol=0.0,
+    cases=(
+        Case("three single-token choices", {"V": 20, "P": 4, "lengths": (1, 1, 1)}),
+        Case("multi-token choices, one a prefix of another", {"V": 30, "P": 3, "lengths": (2, 3, 3),
+                                                               "shared": ((0, 1, 2),)}),
+        Case("shared first tokens", {"V": 50, "P": 6, "lengths": (4, 4, 2, 5), "shared": ((1, 0, 2), (2, 3, 2))},
+             hidden=True),
+    ),
+    library=("PrefixConstrainedLogitsProcessor",),
+    reference_impl="utils.decoding:ChoiceLogitsProcessor",
 )
 
 ASSIGNMENT = Assignment(
     notebook="05_generation",
     title="Generation and decoding",
     exercises=(RMS_NORM, APPLY_ROPE, REPEAT_KV, KV_CACHE, GENERATE, TOP_K, TOP_P, MIN_P, REPETITION, SAMPLE,
-               BEAM_SEARCH, SPECULATIVE),
+               BEAM_SEARCH, SPECULATIVE, CHOICE),
     references=("utils.llama", "utils.decoding"),
 )

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from ..compare import expect_array
-from ..manifests.generation import (APPLY_ROPE, BEAM_SEARCH, GENERATE, KV_CACHE, MIN_P, REPEAT_KV, REPETITION, RMS_NORM,
+from ..manifests.generation import (APPLY_ROPE, BEAM_SEARCH, CHOICE, GENERATE, KV_CACHE, MIN_P, REPEAT_KV, REPETITION, RMS_NORM,
                                     SAMPLE, SPECULATIVE, TOP_K, TOP_P, tiny_llama)
 from ..spec import Detector, Oracle
 from .common import tensor as _t
@@ -501,6 +501,45 @@ def judge_speculative(inputs, got):
     return None, None
 
 
+# --------------------------------------------------------------------------- choice processor
+
+
+def _choice_with(allowed_of):
+    """The call's outputs when the allowed tokens after each prefix are ``allowed_of(choices, prefix, eos)``,
+    applied by transformers' PrefixConstrainedLogitsProcessor (scores kept, -inf elsewhere)."""
+
+    def produce(inputs):
+        from transformers import PrefixConstrainedLogitsProcessor
+
+        from ..manifests.generation import call_choice
+
+        choices = [[int(t) for t in row if t >= 0] for row in inputs["choices"]]
+        P, eos = len(inputs["prompt"]), int(inputs["eos"])
+
+        def make(choices_, prompt_length, eos_token_id):
+            return PrefixConstrainedLogitsProcessor(
+                lambda batch_id, ids: allowed_of(choices, ids[P:].tolist(), eos, ids.tolist()), num_beams=1)
+
+        return call_choice(make, inputs)
+
+    return produce
+
+
+def _allowed(choices, prefix, eos, whole=None):
+    n = len(prefix)
+    tokens = {c[n] for c in choices if len(c) > n and c[:n] == prefix}
+    if any(c == prefix for c in choices) or not tokens:
+        tokens.add(eos)
+    return sorted(tokens)
+
+
+def _allowed_eos_only_at_end(choices, prefix, eos, whole=None):
+    n = len(prefix)
+    if any(c == prefix for c in choices):
+        return [eos]
+    return sorted({c[n] for c in choices if len(c) > n and c[:n] == prefix}) or [eos]
+
+
 ORACLES = {
     RMS_NORM.id: Oracle(
         reference=rms_reference,
@@ -623,4 +662,12 @@ ORACLES = {
         ),
     ),
     SPECULATIVE.id: Oracle(judge=judge_speculative),
+    CHOICE.id: Oracle(
+        reference=_choice_with(_allowed),
+        detectors=(
+            Detector("a whole choice may not end", _choice_with(_allowed_eos_only_at_end),
+                     "when the tokens so far form a whole choice that is also the start of a longer one, both "
+                     "EOS and the longer choice's next token are allowed"),
+        ),
+    ),
 }
