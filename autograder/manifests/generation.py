@@ -596,7 +596,6 @@ BEAM_SEARCH = Exercise(
                                                 "eos_at": 3, "lp": 0.0}, hidden=True),
         Case("3 beams, EOS, length_penalty -1", {"config": (64, 32, 2, 4, 1, 64), "T": 7, "new": 9, "beams": 3,
                                                  "eos_at": 2, "lp": -1.0}, hidden=True),
-        Case("SmolLM2, 3 beams", {"smollm2": True, "new": 10, "beams": 3}, hidden=True),
     ),
     library=("generate", "GenerationMixin", "BeamSearchScorer"),
     reference_impl="utils.decoding:beam_search",
