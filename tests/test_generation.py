@@ -409,6 +409,17 @@ def choice_no_eos_after_a_whole_choice(choices, prompt_length, eos_token_id):
     return Wrong(choices, prompt_length, eos_token_id)
 
 
+def choice_stops_at_every_whole_choice(choices, prompt_length, eos_token_id):
+    from utils.decoding import ChoiceLogitsProcessor
+
+    class Wrong(ChoiceLogitsProcessor):
+        def allowed(self, generated):
+            tokens = super().allowed(generated)
+            return [eos_token_id] if eos_token_id in tokens else tokens
+
+    return Wrong(choices, prompt_length, eos_token_id)
+
+
 def choice_prompt_counted(choices, prompt_length, eos_token_id):
     from utils.decoding import ChoiceLogitsProcessor
 
@@ -449,7 +460,8 @@ WRONG = [
     ("generation.speculative", spec_off_by_one, "the tokens differ"),
     ("generation.speculative", spec_one_call_per_proposal, "ONE call"),
     ("generation.choice_processor", choice_no_eos_after_a_whole_choice, "both EOS"),
-    ("generation.choice_processor", choice_prompt_counted, "differs"),
+    ("generation.choice_processor", choice_stops_at_every_whole_choice, "both EOS"),
+    ("generation.choice_processor", choice_prompt_counted, "after the prompt"),
 ]
 
 

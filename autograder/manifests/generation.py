@@ -372,7 +372,10 @@ def call_top_k(fn, inputs):
     out = fn(logits, int(inputs["k"]))
     if not torch.equal(logits, original):
         raise ValueError("the logits were changed in place: return a new tensor (masked_fill, not masked_fill_)")
-    return {"logits": out}
+    if not isinstance(out, torch.Tensor):
+        raise TypeError(f"return the filtered logits as a tensor (B, V), got {type(out).__name__}")
+    removed = out == float("-inf")                                   # exactly -inf: -1e9 or NaN is not removed
+    return {"removed": removed, "logits": out.masked_fill(removed, 0.0)}
 
 
 def call_top_p(fn, inputs):
@@ -383,7 +386,10 @@ def call_top_p(fn, inputs):
     out = fn(logits, float(inputs["p"]))
     if not torch.equal(logits, original):
         raise ValueError("the logits were changed in place: return a new tensor (masked_fill, not masked_fill_)")
-    return {"logits": out}
+    if not isinstance(out, torch.Tensor):
+        raise TypeError(f"return the filtered logits as a tensor (B, V), got {type(out).__name__}")
+    removed = out == float("-inf")                                   # exactly -inf: -1e9 or NaN is not removed
+    return {"removed": removed, "logits": out.masked_fill(removed, 0.0)}
 
 
 def call_min_p(fn, inputs):
@@ -394,7 +400,10 @@ def call_min_p(fn, inputs):
     out = fn(logits, float(inputs["min_p"]))
     if not torch.equal(logits, original):
         raise ValueError("the logits were changed in place: return a new tensor (masked_fill, not masked_fill_)")
-    return {"logits": out}
+    if not isinstance(out, torch.Tensor):
+        raise TypeError(f"return the filtered logits as a tensor (B, V), got {type(out).__name__}")
+    removed = out == float("-inf")                                   # exactly -inf: -1e9 or NaN is not removed
+    return {"removed": removed, "logits": out.masked_fill(removed, 0.0)}
 
 
 def call_penalty(fn, inputs):
@@ -720,7 +729,9 @@ def call_choice(fn, inputs):
     for i, prefix in enumerate(prefixes):
         row = scores[i % len(scores)][None].clone()                                # (1, V)
         out.append(processor(torch.tensor([prompt + list(prefix)]), row)[0])
-    return {"scores": torch.stack(out)}                                            # (n_prefixes, V)
+    scores = torch.stack(out)                                                      # (n_prefixes, V)
+    removed = scores == float("-inf")                                              # exactly -inf
+    return {"removed": removed, "scores": scores.masked_fill(removed, 0.0)}
 
 
 CHOICE = Exercise(

@@ -228,11 +228,18 @@ def _simulate(inputs, kind):
 # --------------------------------------------------------------------------- logits processors
 
 
-def _processor(make):
+def _split(out):
+    """What the calls of the filters return: where the logits are exactly -inf, and the others (0 there)."""
+    removed = out == float("-inf")
+    return {"removed": removed, "logits": out.masked_fill(removed, 0.0)}
+
+
+def _processor(make, split=True):
     def produce(inputs):
         logits = _t(inputs, "logits")
         ids = _t(inputs, "input_ids") if "input_ids" in inputs else torch.zeros(logits.shape[0], 1, dtype=torch.long)
-        return {"logits": make(inputs)(ids, logits.clone())}
+        out = make(inputs)(ids, logits.clone())
+        return _split(out) if split else {"logits": out}
 
     return produce
 
@@ -266,9 +273,9 @@ def _top_k_variant(kind):
         logits, k = _t(inputs, "logits"), int(inputs["k"])
         if kind == "ties dropped":
             keep = torch.zeros_like(logits, dtype=torch.bool).scatter(-1, torch.topk(logits, k, -1).indices, True)
-            return {"logits": logits.masked_fill(~keep, float("-inf"))}
+            return _split(logits.masked_fill(~keep, float("-inf")))
         kth = torch.topk(logits, k, -1).values[..., -1:]
-        return {"logits": logits.masked_fill(logits <= kth, float("-inf"))}        # "k-th removed"
+        return _split(logits.masked_fill(logits <= kth, float("-inf")))            # "k-th removed"
 
     return produce
 
@@ -282,8 +289,8 @@ def _top_p_variant(kind):
             remove = sorted_probs.cumsum(-1) > p
         else:                                   # "not sorted": cumulative sum in vocabulary order
             remove = probs.cumsum(-1) - probs >= p
-            return {"logits": logits.masked_fill(remove, float("-inf"))}
-        return {"logits": logits.masked_fill(remove.scatter(-1, order, remove), float("-inf"))}
+            return _split(logits.masked_fill(remove, float("-inf")))
+        return _split(logits.masked_fill(remove.scatter(-1, order, remove), float("-inf")))
 
     return produce
 
@@ -297,7 +304,7 @@ def _min_p_variant(kind):
             remove[torch.arange(len(probs)), probs.argmax(-1)] = False
         else:                                   # "logits": the threshold on logits instead of probabilities
             remove = logits < min_p * logits.amax(-1, keepdim=True)
-        return {"logits": logits.masked_fill(remove, float("-inf"))}
+        return _split(logits.masked_fill(remove, float("-inf")))
 
     return produce
 
@@ -533,6 +540,15 @@ def _allowed(choices, prefix, eos, whole=None):
     return sorted(tokens)
 
 
+def _allowed_no_eos_if_longer(choices, prefix, eos, whole=None):
+    n = len(prefix)
+    return sorted({c[n] for c in choices if len(c) > n and c[:n] == prefix}) or [eos]
+
+
+def _allowed_prompt_counted(choices, prefix, eos, whole=None):
+    return _allowed(choices, whole, eos)
+
+
 def _allowed_eos_only_at_end(choices, prefix, eos, whole=None):
     n = len(prefix)
     if any(c == prefix for c in choices):
@@ -637,7 +653,7 @@ ORACLES = {
         ),
     ),
     REPETITION.id: Oracle(
-        reference=_processor(_penalty_hf),
+        reference=_processor(_penalty_hf, split=False),
         detectors=(
             Detector("always divides", _penalty_variant("always divides"),
                      "dividing a NEGATIVE logit by the penalty makes the token more likely: multiply negative "
@@ -665,7 +681,13 @@ ORACLES = {
     CHOICE.id: Oracle(
         reference=_choice_with(_allowed),
         detectors=(
-            Detector("a whole choice may not end", _choice_with(_allowed_eos_only_at_end),
+            Detector("a whole choice may not go on", _choice_with(_allowed_eos_only_at_end),
+                     "when the tokens so far form a whole choice that is also the start of a longer one, both "
+                     "EOS and the longer choice's next token are allowed"),
+            Detector("prompt counted", _choice_with(_allowed_prompt_counted),
+                     "the prompt was read as part of the answer: the choice starts after the prompt, at "
+                     "input_ids[row, prompt_length:]"),
+            Detector("a whole choice may not end", _choice_with(_allowed_no_eos_if_longer),
                      "when the tokens so far form a whole choice that is also the start of a longer one, both "
                      "EOS and the longer choice's next token are allowed"),
         ),
