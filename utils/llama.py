@@ -80,7 +80,11 @@ def apply_rope(x: torch.Tensor, positions: torch.Tensor, theta: float = 10000.0)
     >>> apply_rope(x, torch.tensor([1]), theta=10000.0)          # turned by 1 radian
     tensor([[[[0.5403, 0.8415]]]])
     """
-    cos, sin = rope_angles(positions, x.shape[-1], theta)       # (T, d) or (B, T, d)
+    return rotate(x, *rope_angles(positions, x.shape[-1], theta))
+
+
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """``apply_rope`` with the angles' cos and sin (T, d) or (B, T, d) computed once (every layer shares them)."""
     if cos.dim() == 3:
         cos, sin = cos[:, None], sin[:, None]                    # (B, 1, T, d): the same for every head
     cos, sin = cos.to(x.dtype), sin.to(x.dtype)
@@ -191,12 +195,13 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(shape.d_model, self.n_kv_heads * self.head_dim, bias=False)
         self.o_proj = nn.Linear(self.n_heads * self.head_dim, shape.d_model, bias=False)
 
-    def forward(self, x, positions, cache=None):
+    def forward(self, x, rope, cache=None):
+        """x (B, T, d_model); rope: the (cos, sin) of the positions of x, each (T, d_head)."""
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)     # (B, H, T, d_head)
         k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, H_kv, T, d_head)
         v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, H_kv, T, d_head)
-        q, k = apply_rope(q, positions, self.theta), apply_rope(k, positions, self.theta)
+        q, k = rotate(q, *rope), rotate(k, *rope)                                      # apply_rope, angles shared
         if cache is not None:
             k, v = cache.update(k, v, self.layer_idx)                                  # (B, H_kv, S, d_head)
         n_rep = self.n_heads // self.n_kv_heads
@@ -236,8 +241,8 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(shape.d_model, shape.rms_norm_eps)
         self.mlp = MLP(shape)
 
-    def forward(self, x, positions, cache=None):
-        x = x + self.self_attn(self.input_layernorm(x), positions, cache)
+    def forward(self, x, rope, cache=None):
+        x = x + self.self_attn(self.input_layernorm(x), rope, cache)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -264,9 +269,11 @@ class Llama(nn.Module):
         B, T = input_ids.shape
         past = cache.get_seq_length() if cache is not None else 0
         positions = torch.arange(past, past + T, device=input_ids.device)                # (T,)
+        head_dim = self.shape.head_dim or self.shape.d_model // self.shape.n_heads
+        rope = rope_angles(positions, head_dim, self.shape.rope_theta)                     # cos, sin (T, d_head)
         x = self.embed_tokens(input_ids)                                                   # (B, T, d)
         for layer in self.layers[:n_layers]:
-            x = layer(x, positions, cache)
+            x = layer(x, rope, cache)
         return self.lm_head(self.norm(x))                                                  # (B, T, V)
 
     @classmethod

@@ -5,8 +5,9 @@ from ``transformers.models.llama.modeling_llama``), ``DynamicCache``,
 ``LlamaForCausalLM.generate(do_sample=False)`` and the logits processors ``TopKLogitsWarper``,
 ``TopPLogitsWarper``, ``MinPLogitsWarper``, ``RepetitionPenaltyLogitsProcessor``. ``sample`` is
 judged: exact invariants on every draw, then a chi-square test of the draws of each distribution
-against softmax(logits / temperature) at significance ALPHA (shared among the rows of a case), so
-a correct implementation fails a case with probability below one in a million.
+against softmax(logits / temperature) (``TemperatureLogitsWarper``) at significance ALPHA (shared
+among the rows of a case), so a correct implementation fails a case with probability below one in
+a million.
 """
 from __future__ import annotations
 
@@ -354,7 +355,11 @@ def _chi2_pvalue(counts, probs):
 
 
 def _softmax(row, temperature):
-    z = row.astype(np.float64) / temperature
+    """The distribution ``generate(do_sample=True, temperature=...)`` samples from: transformers'
+    ``TemperatureLogitsWarper``, then a softmax (in float64)."""
+    from transformers import TemperatureLogitsWarper
+
+    z = TemperatureLogitsWarper(temperature)(None, torch.tensor(row[None], dtype=torch.float64))[0].numpy()
     z = z - z[np.isfinite(z)].max()
     p = np.exp(z)
     return p / p.sum()
