@@ -3,12 +3,9 @@
 * :func:`smollm2_hf` loads ``transformers``' SmolLM2-135M-Instruct once per process: the notebook,
   the grader's calls in the same kernel and the oracles share one copy (never modify it).
 * :func:`distinct_n` and :func:`self_perplexity`: the diversity and quality measures of sampled text.
-* :func:`kv_cache_bytes`: the size of a KV cache from the model's shape.
 
 >>> distinct_n([[1, 2, 1, 2, 1, 2]], 2)     # bigrams (1,2), (2,1), (1,2), (2,1), (1,2): 2 distinct of 5
 0.4
->>> kv_cache_bytes(n_layers=30, n_kv_heads=3, head_dim=64, tokens=1000, bytes_per_value=4)
-46080000
 """
 from __future__ import annotations
 
@@ -43,9 +40,3 @@ def self_perplexity(model, ids, prompt_length: int) -> float:
         targets = ids[:, prompt_length:]                                        # (B, T - prompt_length)
         nll = -logprobs.gather(-1, targets[..., None]).mean()
     return math.exp(float(nll))
-
-
-def kv_cache_bytes(n_layers: int, n_kv_heads: int, head_dim: int, tokens: int, bytes_per_value: int = 4,
-                   batch: int = 1) -> int:
-    """2 (keys and values) * layers * kv heads * head_dim * tokens * bytes * batch."""
-    return 2 * n_layers * n_kv_heads * head_dim * tokens * bytes_per_value * batch
