@@ -80,6 +80,10 @@ def check(exercise_id: str, fn) -> None:
         if hint and hint not in hints_shown:
             hints_shown.add(hint)
             print(f"      Hint: {hint}")
+    if failures and exercise.builds_on:
+        names = [find_exercise(i).callable for i in exercise.builds_on]
+        print(f"      Note: {exercise.callable} runs your {', '.join(names)}: if one of them fails its own check, "
+              "fix that first.")
     if failures:
         raise SelfCheckFailed(f"{exercise_id}: {failures} of {len(rows)} public cases failed; the lines above "
                               "say which and why")

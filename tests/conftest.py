@@ -8,6 +8,7 @@ import nbformat
 import pytest
 
 from autograder.netguard import install
+from benchmarks.common import solution_code_cells  # noqa: F401  (tests build submissions from it)
 
 ROOT = Path(__file__).resolve().parent.parent
 SOLUTIONS = ROOT / "solutions"
@@ -54,10 +55,3 @@ def tiny_notebook(tmp_path: Path, name: str, *sources: str) -> Path:
     path.write_text(json.dumps(nb), encoding="utf-8")
     return path
 
-
-def solution_code_cells(notebook: str) -> list[str]:
-    """The parameters and imports cells, then the solution cells: "your" code, with no model or plots."""
-    nb = nbformat.read(SOLUTIONS / f"{notebook}.ipynb", as_version=4)
-    code = [cell for cell in nb.cells if cell.cell_type == "code"]
-    chosen = code[:2] + [c for c in code[2:] if c.metadata.get("nbgrader", {}).get("solution")]
-    return [cell.source for cell in chosen]

@@ -1,17 +1,25 @@
-"""grade-class machinery: discovery, a dying worker, a dask cluster, the sandbox's own guards."""
+"""grade-class machinery: discovery (no links followed), a dying worker, a dask cluster, refusing to
+grade without isolation or with the public secret, resume and its fingerprint."""
 from __future__ import annotations
 
 import json
 import os
+import shutil
 
-import numpy as np
 import pytest
 
 from autograder import classgrade, manifests
 from autograder.compare import grade_exercise
-from autograder.runner import Limits, _read_capture, hidden_paths, sandbox
+from autograder.sandbox import Limits, isolation
 
 from conftest import ROOT, solution_code_cells, tiny_notebook
+
+SECRET = "classgrade test secret"
+
+
+@pytest.fixture(autouse=True)
+def instructor_secret(monkeypatch):
+    monkeypatch.setenv("AUTOGRADER_SECRET", SECRET)
 
 
 def _class(tmp_path, students: dict[str, list[str] | bytes]):
@@ -38,6 +46,25 @@ def test_discover_reads_nbgrader_layout(tmp_path):
     assert jobs["ann"].sha256 == jobs["bob"].sha256 != ""
 
 
+def test_discover_never_follows_a_link(tmp_path):
+    """A notebook, an assignment folder or a student folder that is a link (to the solutions, to a
+    classmate's work) is not graded: the grader reads it as root, outside the sandbox."""
+    submitted = _class(tmp_path, {"ann": b"{}"})
+    solutions = ROOT / "solutions" / "01_attention.ipynb"
+    (submitted / "mal" / "01_attention").mkdir(parents=True)
+    (submitted / "mal" / "01_attention" / "01_attention.ipynb").symlink_to(solutions)
+    (submitted / "mel" / "01_attention").mkdir(parents=True)
+    (submitted / "mel" / "01_attention" / "renamed.ipynb").symlink_to(submitted / "ann" / "01_attention" / "01_attention.ipynb")
+    (submitted / "mia").mkdir()
+    (submitted / "mia" / "01_attention").symlink_to(submitted / "ann" / "01_attention")
+    (submitted / "moe").symlink_to(submitted / "ann")
+    jobs = {job.student: job for job in classgrade.discover(submitted, "01_attention")}
+    for student in ("mal", "mel", "mia", "moe"):
+        assert jobs[student].path == "" and "link" in jobs[student].note, (student, jobs[student])
+    record = classgrade.grade_job(jobs["mal"], Limits())
+    assert record["status"] == "invalid" and record["score"] == 0
+
+
 def _dies_on_bob(job, limits):
     if job.student == "bob":
         os._exit(9)  # the worker process dies, as under the OOM killer
@@ -57,45 +84,62 @@ def test_grade_class_on_a_dask_local_cluster(tmp_path):
     distributed = pytest.importorskip("distributed")
     honest = solution_code_cells("01_attention")
     submitted = _class(tmp_path, {"ann": honest, "bob": ["import os\nos._exit(1)"], "cid": b"not json"})
+    # A student folder named like the grader's own outputs collides with nothing.
+    shutil.copytree(submitted / "cid", submitted / "gradebook.db")
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
         summary = classgrade.grade_class(submitted, "01_attention", tmp_path / "out", dask_scheduler=cluster.scheduler_address,
                                          limits=Limits(total_timeout=240), log=lambda line: None)
-    assert summary["statuses"] == {"graded": 1, "crashed": 1, "invalid": 1}
-    records = {s: json.loads((tmp_path / "out" / s / "01_attention.json").read_text()) for s in ("ann", "bob", "cid")}
+    assert summary["statuses"] == {"graded": 1, "crashed": 1, "invalid": 2}
+    records = {s: json.loads((tmp_path / "out" / "students" / s / "01_attention.json").read_text())
+               for s in ("ann", "bob", "cid", "gradebook.db")}
     assert records["ann"]["score"] == 10 and records["bob"]["score"] == records["cid"]["score"] == 0
-    assert (tmp_path / "out" / "grades.csv").exists() and (tmp_path / "out" / "gradebook.db").exists()
+    assert (tmp_path / "out" / "grades.csv").exists() and (tmp_path / "out" / "gradebook.db").is_file()
 
 
-def test_the_sandbox_reports_what_it_uses():
-    box = sandbox()
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("bwrap") is None, reason="needs root and bubblewrap")
+def test_this_machine_gives_the_full_sandbox():
+    """CI runs as root with bubblewrap (.ci/run installs it): every promise of autograder.sandbox holds."""
+    box = isolation()
+    assert box.complete, box.notes
     described = box.describe()
-    assert set(described) == {"user", "network", "files", "fallbacks"}
-    if os.geteuid() == 0 and box.mount_namespace:
-        hidden = hidden_paths(("/some/class",))
-        assert str(ROOT / "solutions") in hidden and str(ROOT) not in hidden
+    assert described["complete"] and "fresh unprivileged uid" in described["user"]
 
 
-def test_capture_files_need_this_runs_nonce_and_no_links(tmp_path):
-    prefix = tmp_path / "capture"
-    (tmp_path / "capture.json").write_text(json.dumps({"__nonce__": "abc", "attention.causal_mask": {"cases": {}}}))
-    np.savez(tmp_path / "capture.npz", x=np.zeros(2))
-    assert _read_capture(prefix, "abc")[0] == {"attention.causal_mask": {"cases": {}}}
-    assert _read_capture(prefix, "other")[0] is None  # a file a learner's cell left behind
-    np.savez(tmp_path / "capture.npz", x=np.array([{"a": 1}], dtype=object))
-    assert _read_capture(prefix, "abc")[0] is None  # object arrays would need unpickling: refused
-    (tmp_path / "capture.json").unlink()
-    (tmp_path / "capture.json").symlink_to("/etc/hostname")
-    assert _read_capture(prefix, "abc")[0] is None
+def test_the_kernels_file_view_leaves_out_the_references_and_the_trusted_side():
+    from autograder.sandbox import course_files
+
+    files = {str(p.relative_to(ROOT)) for p in course_files(("utils.gpt",))}
+    assert "utils/gpt.py" not in files and "utils/models.py" in files and "utils/attention.py" in files
+    assert not [f for f in files if f.startswith("autograder/oracles") or "__pycache__" in f or f.endswith(".pyc")]
+    assert not [f for f in files if f.startswith(("solutions", "notebooks", "tests", "build", ".git"))]
+    assert "autograder/execute.py" in files and "autograder/capture.py" in files
 
 
-def test_hidden_case_errors_show_only_the_exception_type():
+def test_grade_class_refuses_without_isolation_or_with_the_public_secret(tmp_path, monkeypatch):
+    from autograder import sandbox
+
+    submitted = _class(tmp_path, {"ann": b"{"})
+    incomplete = sandbox.Isolation(None, True, "", ("bubblewrap is not installed",))
+    monkeypatch.setattr(classgrade, "isolation", lambda: incomplete)
+    with pytest.raises(classgrade.Refused, match="bubblewrap is not installed"):
+        classgrade.grade_class(submitted, "01_attention", tmp_path / "out", log=lambda line: None)
+    assert not (tmp_path / "out" / "students").exists()
+    summary = classgrade.grade_class(submitted, "01_attention", tmp_path / "out", log=lambda line: None, insecure=True)
+    assert summary["insecure"] is True
+    monkeypatch.delenv("AUTOGRADER_SECRET")
+    with pytest.raises(classgrade.Refused, match="AUTOGRADER_SECRET"):
+        classgrade.grade_class(submitted, "01_attention", tmp_path / "out2", log=lambda line: None, insecure=True)
+
+
+def test_hidden_case_errors_show_only_a_builtin_exception_name():
     exercise = manifests.exercise("attention.causal_mask")
-    report = {"cases": {case.name: {"status": "error", "message": f"ValueError: inputs were {case.params}"}
-                        for case in exercise.cases}}
-    result = grade_exercise(exercise, report, {})
-    for case in result.cases:
-        if case.hidden:
-            assert case.message.endswith("raised ValueError") and "inputs were" not in case.message
+    for name, shown in (("ValueError", "raised ValueError"), ("inputs were 33 x 33", "raised an exception")):
+        report = {"cases": {case.name: {"status": "error", "exception": name,
+                                        "message": f"{name}: inputs were {case.params}"} for case in exercise.cases}}
+        result = grade_exercise(exercise, report, {})
+        for case in result.cases:
+            if case.hidden:
+                assert case.message.endswith(shown) and "inputs were" not in case.message, case.message
 
 
 def test_resume_skips_unchanged_submissions_and_keeps_the_fingerprint_out_of_records(tmp_path):
@@ -103,14 +147,42 @@ def test_resume_skips_unchanged_submissions_and_keeps_the_fingerprint_out_of_rec
     out = tmp_path / "out"
     lines = []
     classgrade.grade_class(submitted, "01_attention", out, workers=1, log=lines.append)
-    assert any("0 unchanged since graded, 2 to grade" in l for l in lines), lines
-    record = json.loads((out / "ann" / "01_attention.json").read_text())
+    assert any("0 unchanged since graded, 2 to grade" in line for line in lines), lines
+    record = json.loads((out / "students" / "ann" / "01_attention.json").read_text())
     assert "grader" not in record and record["sha256"]
     (submitted / "bob" / "01_attention" / "01_attention.ipynb").write_bytes(b"")
     lines.clear()
     classgrade.grade_class(submitted, "01_attention", out, workers=1, log=lines.append)
-    assert any("1 unchanged since graded, 1 to grade" in l for l in lines), lines
-    assert "empty" in json.loads((out / "bob" / "01_attention.json").read_text())["message"]
+    assert any("1 unchanged since graded, 1 to grade" in line for line in lines), lines
+    assert "empty" in json.loads((out / "students" / "bob" / "01_attention.json").read_text())["message"]
     lines.clear()
     classgrade.grade_class(submitted, "01_attention", out, workers=1, force=True, log=lines.append)
-    assert any("0 unchanged since graded, 2 to grade" in l for l in lines), lines
+    assert any("0 unchanged since graded, 2 to grade" in line for line in lines), lines
+
+
+def test_the_fingerprint_covers_references_packages_and_the_secret(tmp_path, monkeypatch):
+    """Editing a reference in utils (or another secret, or another package version) grades again."""
+    import importlib.metadata
+
+    before = classgrade.fingerprint("01_attention")
+    copy = tmp_path / "course"
+    for part in ("autograder", "utils"):
+        shutil.copytree(ROOT / part, copy / part, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "requirements-assets.txt"):
+        shutil.copy(ROOT / name, copy / name)
+    monkeypatch.setattr(classgrade, "ROOT", copy)
+    assert classgrade.fingerprint("01_attention") == before
+    (copy / "utils" / "bpe.py").write_text((copy / "utils" / "bpe.py").read_text() + "\n# edited\n")
+    assert classgrade.fingerprint("01_attention") != before
+    monkeypatch.setattr(classgrade, "ROOT", ROOT)
+    monkeypatch.setenv("AUTOGRADER_SECRET", "another")
+    assert classgrade.fingerprint("01_attention") != before
+    monkeypatch.setenv("AUTOGRADER_SECRET", SECRET)
+    real = importlib.metadata.distributions
+
+    class Fake:
+        metadata = {"Name": "torch"}
+        version = "0.0.1"
+
+    monkeypatch.setattr(importlib.metadata, "distributions", lambda: [*real(), Fake()])
+    assert classgrade.fingerprint("01_attention") != before

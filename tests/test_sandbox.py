@@ -1,10 +1,20 @@
-"""What a submission's kernel may not do: hang, die, or reach the network. Tiny notebooks, no model."""
+"""What a submission's kernel may not do: hang, die, reach the network, see the references, or outgrow
+its limits. Tiny notebooks, no model."""
 from __future__ import annotations
 
+import os
+import shutil
+
+import pytest
+
+from autograder import sandbox
 from autograder.grade import grade_notebook
-from autograder.runner import Limits
+from autograder.sandbox import GIB, Limits
 
 from conftest import tiny_notebook
+
+needs_sandbox = pytest.mark.skipif(os.geteuid() != 0 or shutil.which("bwrap") is None,
+                                   reason="the full sandbox needs root and bubblewrap")
 
 
 def test_a_dead_kernel_still_gets_a_record(tmp_path):
@@ -27,10 +37,10 @@ def test_a_slow_cell_is_interrupted_and_grading_goes_on(tmp_path):
                          "def causal_mask(T):\n    import torch\n    return torch.ones(T, T).tril().bool()")
     record = grade_notebook(path, limits=Limits(total_timeout=120, cell_timeout=3))
     assert record["status"] == "graded"
-    assert record["cell_errors"][0]["cell"] == 1
+    assert record["cell_errors"][0]["cell"] == 1 and record["cell_errors"][0]["first_line"] == "import time"
     by_id = {e["id"]: e for e in record["exercises"]}
     assert by_id["attention.causal_mask"]["status"] == "passed"
-    assert by_id["attention.sdpa"]["status"] == "missing" and "not defined" in by_id["attention.sdpa"]["message"]
+    assert by_id["attention.sdpa"]["status"] == "missing" and "not found" in by_id["attention.sdpa"]["message"]
 
 
 def test_the_kernel_has_no_network(tmp_path):
@@ -42,14 +52,54 @@ def test_the_kernel_has_no_network(tmp_path):
     assert len(errors) == 2 and all("network access is disabled" in e for e in errors), errors
 
 
-def test_without_root_mechanisms_the_grader_falls_back_and_still_grades(tmp_path, monkeypatch):
-    """What a machine without namespaces (or a grader not running as root) gets: rlimits and the audit hook."""
-    from autograder import runner
+@needs_sandbox
+def test_the_kernel_sees_only_the_allow_list(tmp_path):
+    """No solutions, no references of the graded notebook, no oracles, no home, no /run, a fresh uid:
+    each probe cell must raise, and one cell shows what the kernel does see of the course."""
+    root = str(sandbox.ROOT)
+    probes = [
+        f"open({root + '/solutions/01_attention.ipynb'!r})",
+        "import utils.attention",
+        "import autograder.oracles",
+        "open('/root/.bashrc')  # the grader's home: only the folders the Python lives in are there",
+        "import os\nos.listdir('/run')",
+        f"open({root + '/utils/__pycache__/attention.cpython-311.pyc'!r}, 'rb')",
+        "import os\nassert os.getuid() >= 1_000_000 and os.getgroups() in ([], [os.getgid()]), os.getuid()\nraise OSError('uid ok')",
+        "import utils.gpt, utils.models, utils.training\nraise RuntimeError('later notebooks still import earlier references')",
+    ]
+    record = grade_notebook(tiny_notebook(tmp_path, "01_attention", *probes), limits=Limits(total_timeout=120))
+    errors = [e["error"] for e in record["cell_errors"]]
+    assert len(errors) == len(probes), errors
+    assert errors[0].startswith("FileNotFoundError") and errors[1].startswith("ModuleNotFoundError"), errors
+    assert errors[2].startswith("ModuleNotFoundError") and errors[3].startswith(("FileNotFoundError", "PermissionError"))
+    assert errors[4].startswith("FileNotFoundError") and errors[5].startswith("FileNotFoundError")
+    assert errors[6] == "OSError: uid ok" and errors[7].startswith("RuntimeError: later notebooks"), errors
 
-    monkeypatch.setattr(runner, "sandbox", lambda: runner.Sandbox(False, False, False, ("no namespaces here",)))
+
+@needs_sandbox
+def test_memory_is_limited_for_the_whole_run_not_per_process(tmp_path):
+    """Three children of 600 MiB each under a 1.5 GiB limit: each alone fits, together they do not."""
+    code = ("import subprocess, sys\n"
+            "hog = 'b = bytearray(600 * 2**20); b[::4096] = bytes(len(b[::4096])); import time; time.sleep(5)'\n"
+            "children = [subprocess.Popen([sys.executable, '-c', hog]) for _ in range(3)]\n"
+            "raise RuntimeError(f'children ended with {[c.wait() for c in children]}')")
+    record = grade_notebook(tiny_notebook(tmp_path, "01_attention", code),
+                            limits=Limits(total_timeout=120, cell_timeout=60, memory_bytes=int(1.5 * GIB)))
+    assert record["sandbox"]["memory_peak_bytes"] <= 1.5 * GIB
+    assert record["status"] == "graded" and "-9" in record["cell_errors"][0]["error"], record   # one was killed
+
+
+def test_without_a_sandbox_the_grader_still_grades_and_says_so(tmp_path, monkeypatch):
+    """What a learner's machine without bubblewrap gets: no isolation, an audit hook, and a record that says it."""
+    from autograder import execute
+
+    bare = sandbox.Isolation(None, False, "", ("bubblewrap is not installed",))
+    monkeypatch.setattr(sandbox, "isolation", lambda: bare)
     path = tiny_notebook(tmp_path, "01_attention", "import socket\nsocket.create_connection(('93.184.216.34', 80), timeout=5)",
                          "def causal_mask(T):\n    import torch\n    return torch.ones(T, T).tril().bool()")
+    assert execute  # the executor reads sandbox.isolation() at run time
     record = grade_notebook(path, limits=Limits(total_timeout=120))
     assert record["status"] == "graded"
     assert "network access is disabled" in record["cell_errors"][0]["error"]
     assert {e["id"]: e["status"] for e in record["exercises"]}["attention.causal_mask"] == "passed"
+    assert record["sandbox"]["complete"] is False and "bubblewrap is not installed" in record["sandbox"]["notes"]

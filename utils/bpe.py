@@ -113,6 +113,37 @@ def train_bpe(text: str, vocab_size: int) -> dict[tuple[int, int], int]:
     return merges
 
 
+def train_wordpiece(text: str, vocab_size: int) -> dict[tuple[int, int], int]:
+    """WordPiece's merge rule on the same byte-level chunks as :func:`train_bpe`: merge the pair with
+    the highest ``count(ab) / (count(a) * count(b))`` (ties: the smallest pair), recounting after
+    each merge (every merge changes the counts of its two parts, so a heap of scores goes stale).
+
+    ``count(a)`` is how often token ``a`` occurs in the current segmentation of the corpus (chunk
+    frequencies included), ``count(ab)`` how often ``b`` directly follows ``a``.
+
+    >>> train_wordpiece("low lower lowest", 258)
+    {(115, 116): 256, (101, 114): 257}
+    """
+    words = Counter(pretokenize(text))
+    seqs = [list(word.encode("utf-8")) for word in words]
+    freqs = list(words.values())
+    merges: dict[tuple[int, int], int] = {}
+    for new_id in range(256, vocab_size):
+        pairs: Counter = Counter()
+        units: Counter = Counter()
+        for seq, freq in zip(seqs, freqs):
+            for token in seq:
+                units[token] += freq
+            for pair in zip(seq, seq[1:]):
+                pairs[pair] += freq
+        if not pairs:
+            break
+        pair = min(pairs, key=lambda p: (-pairs[p] / (units[p[0]] * units[p[1]]), p))
+        merges[pair] = new_id
+        seqs = [merge_pair(seq, pair, new_id) if len(seq) > 1 else seq for seq in seqs]
+    return merges
+
+
 def encode_chunk(data: bytes, merges: dict, byte_ids) -> list[int]:
     """BPE on one pre-tokenised chunk: apply the earliest-learned merge present until none applies."""
     ids = [byte_ids[b] for b in data]

@@ -3,7 +3,8 @@
 Texts travel as UTF-8 bytes (``uint8`` arrays) and a learned tokenizer as arrays of merges, so every
 input is plain data. Oracles: the Hugging Face GPT-2 tokenizer (``encode`` with GPT-2's real merges
 must give its ids exactly) and, for training on the case's text, the course's reference
-``utils.bpe.train_bpe`` (which the tests check against a naive trainer that recounts every pair).
+``utils.bpe.train_bpe`` (which the tests check against a naive trainer that recounts every pair);
+WordPiece's merge rule is written out in the oracle with exact fractions.
 """
 from __future__ import annotations
 
@@ -147,6 +148,28 @@ TRAIN_BPE = Exercise(
     reference_impl="utils.bpe:train_bpe",
 )
 
+# --------------------------------------------------------------------------- tokenization.train_wordpiece
+
+
+TRAIN_WORDPIECE = Exercise(
+    id="tokenization.train_wordpiece",
+    callable="train_wordpiece",
+    points=2,
+    summary="train_bpe with WordPiece's rule: merge the pair with the highest count(ab) / (count(a) count(b)); "
+            "ties -> smallest pair",
+    make_inputs=train_inputs,
+    call=call_train,
+    cases=(
+        Case("40 words, vocab 270", {"words": 40, "vocab_size": 270}),
+        Case("300 words, vocab 300", {"words": 300, "vocab_size": 300}),
+        Case("1500 words, vocab 340", {"words": 1500, "vocab_size": 340}, hidden=True),
+        Case("10 words, vocab 400 (runs out of pairs)", {"words": 10, "vocab_size": 400}, hidden=True),
+    ),
+    library=("WordPieceTrainer",),
+    reference_impl="utils.bpe:train_wordpiece",
+    builds_on=("tokenization.pair_counts", "tokenization.merge_pair"),
+)
+
 # --------------------------------------------------------------------------- tokenization.encode / decode
 
 
@@ -265,6 +288,6 @@ DECODE = Exercise(
 ASSIGNMENT = Assignment(
     notebook="03_tokenization",
     title="Tokenization",
-    exercises=(PAIR_COUNTS, MERGE_PAIR, TRAIN_BPE, ENCODE, DECODE),
+    exercises=(PAIR_COUNTS, MERGE_PAIR, TRAIN_BPE, ENCODE, DECODE, TRAIN_WORDPIECE),
     references=("utils.bpe",),
 )

@@ -1,8 +1,11 @@
 """Notebook 02 - the transformer block: LayerNorm, FeedForward, positions, the block, GPT, GPT-2 weights.
 
 The kernel-side half: inputs, calls and cases (oracles and known mistakes: ``autograder/oracles``).
-``GPT`` receives its weights in the course's own names, and ``load_gpt2_weights`` fills an empty
-model of those names, so each is graded on its own and neither needs the other's solution.
+``TransformerBlock`` is graded on its wiring (forward hooks record what each sub-module received and
+returned), so a wrong LayerNorm or FeedForward does not fail it too. ``GPT`` receives its weights in
+the course's own names and is compared end to end with ``GPT2LMHeadModel`` (a failure of an earlier
+exercise it runs is named in its message); ``load_gpt2_weights`` fills an empty model of those names,
+so neither needs the other's solution.
 """
 from __future__ import annotations
 
@@ -161,6 +164,11 @@ def block_inputs(params, rng):
 
 
 def call_block(fn, inputs):
+    """Build the learner's block, load the case's weights and run it, recording with forward hooks
+    what each sub-module (ln_1, attn, ln_2, mlp) received and returned: the trusted side checks the
+    block's wiring from these, so a wrong LayerNorm or FeedForward (graded on their own) does not
+    fail the block too."""
+    import numpy as np
     import torch
 
     d = int(inputs["x"].shape[-1])
@@ -179,15 +187,37 @@ def call_block(fn, inputs):
             if tuple(params[name].shape) != tuple(value.shape):
                 raise ValueError(f"`{name}` has shape {tuple(params[name].shape)}, expected {tuple(value.shape)}")
             params[name].copy_(value)
+    parts = ("ln_1", "attn", "ln_2", "mlp")
+    seen = {part: [] for part in parts}
+
+    def recorder(part):
+        def hook(_module, args, kwargs, output):
+            first = args[0] if args else next(iter(kwargs.values()), None)
+            seen[part].append((first, output))
+        return hook
+
+    handles = [getattr(module, part).register_forward_hook(recorder(part), with_kwargs=True) for part in parts]
+    try:
         module.eval()
-        return {"y": module(torch.tensor(inputs["x"]))}
+        with torch.no_grad():
+            y = module(torch.tensor(inputs["x"]))
+    finally:
+        for handle in handles:
+            handle.remove()
+    outputs = {"y": y, "calls": np.asarray([len(seen[part]) for part in parts], dtype=np.int64)}
+    for part in parts:   # the first call of each sub-module (zeros if it was never called)
+        given, returned = seen[part][0] if seen[part] else (torch.zeros_like(y), torch.zeros_like(y))
+        if not isinstance(given, torch.Tensor) or not isinstance(returned, torch.Tensor):
+            raise TypeError(f"`{part}` must take and return a tensor")
+        outputs[part + "_in"], outputs[part + "_out"] = given, returned
+    return outputs
 
 
 BLOCK = Exercise(
     id="transformer.block",
     callable="TransformerBlock",
     points=3,
-    summary="pre-norm block: x + attn(ln_1(x)), then x + mlp(ln_2(x)); (B, T, d) -> (B, T, d)",
+    summary="pre-norm block: x + attn(ln_1(x)), then x + mlp(ln_2(x)); (B, T, d) -> (B, T, d); graded on its wiring",
     make_inputs=block_inputs,
     call=call_block,
     atol=1e-5,
@@ -199,7 +229,7 @@ BLOCK = Exercise(
     ),
     library=("GPT2Block",),
     reference_impl="utils.gpt:TransformerBlock",
-    builds_on=("transformer.layer_norm", "transformer.feed_forward"),
+    builds_on=("transformer.layer_norm", "transformer.feed_forward"),   # it runs them (a crash there stops it)
 )
 
 # --------------------------------------------------------------------------- transformer.gpt and load_gpt2_weights

@@ -2,11 +2,14 @@
 
 Oracles: the Hugging Face GPT-2 tokenizer (``encode`` with GPT-2's real merges must give its ids
 exactly) and, for training on the case's text, the course's reference ``utils.bpe.train_bpe``
-(which the tests check against a naive trainer that recounts every pair).
+(which the tests check against a naive trainer that recounts every pair). WordPiece's merge rule is
+written out here (:func:`_wordpiece`, exact fractions); the tests check ``utils.bpe.train_wordpiece``,
+the course's version for demos, against it.
 """
 from __future__ import annotations
 
 from collections import Counter
+from fractions import Fraction
 
 import numpy as np
 
@@ -16,6 +19,7 @@ from ..manifests.tokenization import (
     MERGE_PAIR,
     PAIR_COUNTS,
     TRAIN_BPE,
+    TRAIN_WORDPIECE,
     _encode_text,
     _merges_and_vocab,
     _merges_arrays,
@@ -92,6 +96,55 @@ def _train_variant(split=True, unique=False, largest=False):
         return _merges_arrays(merges)
 
     return produce
+
+
+def _wordpiece(text, vocab_size, score="wordpiece", unique=False):
+    """WordPiece's merge rule, written out: recount the pairs and the single tokens of the current
+    segmentation (each chunk weighted by its frequency), merge the pair with the highest
+    count(ab) / (count(a) count(b)) as an exact fraction, ties to the smallest pair. ``score`` and
+    ``unique`` give known mistakes."""
+    from utils.tokenization import pretokenize
+
+    chunks = Counter(pretokenize(text))
+    if unique:
+        chunks = Counter(dict.fromkeys(chunks, 1))
+    seqs = [(list(chunk.encode("utf-8")), freq) for chunk, freq in chunks.items()]
+    merges = {}
+    for new_id in range(256, vocab_size):
+        pairs, units = Counter(), Counter()
+        for seq, freq in seqs:
+            for token in seq:
+                units[token] += freq
+            for a, b in zip(seq, seq[1:]):
+                pairs[(a, b)] += freq
+        if not pairs:
+            break
+        if score == "wordpiece":
+            value = {p: Fraction(n, units[p[0]] * units[p[1]]) for p, n in pairs.items()}
+        elif score == "first only":
+            value = {p: Fraction(n, units[p[0]]) for p, n in pairs.items()}
+        else:  # BPE's rule
+            value = dict(pairs)
+        best = max(value.values())
+        pair = min(p for p, v in value.items() if v == best)
+        merges[pair] = new_id
+        merged = []
+        for seq, freq in seqs:
+            out, i = [], 0
+            while i < len(seq):
+                if i + 1 < len(seq) and (seq[i], seq[i + 1]) == pair:
+                    out.append(new_id)
+                    i += 2
+                else:
+                    out.append(seq[i])
+                    i += 1
+            merged.append((out, freq))
+        seqs = merged
+    return merges
+
+
+def _wordpiece_variant(**kind):
+    return lambda inputs: _merges_arrays(_wordpiece(_text(inputs), int(inputs["vocab_size"]), **kind))
 
 
 def encode_reference(inputs):
@@ -182,6 +235,20 @@ ORACLES = {
             Detector("ties to the largest pair", _train_variant(largest=True),
                      "on a tie the largest pair wins: pick the most frequent pair and, among equals, the smallest "
                      "(a, b), e.g. min(counts, key=lambda p: (-counts[p], p))"),
+        ),
+    ),
+    TRAIN_WORDPIECE.id: Oracle(
+        reference=_wordpiece_variant(),
+        detectors=(
+            Detector("BPE's frequency rule", _wordpiece_variant(score="count"),
+                     "these are BPE's merges (the most frequent pair): WordPiece divides each pair's count by the "
+                     "counts of its two parts, score = count(ab) / (count(a) * count(b))"),
+            Detector("divided by count(a) only", _wordpiece_variant(score="first only"),
+                     "the score is divided by count(a) only: divide by both parts' counts, "
+                     "count(ab) / (count(a) * count(b))"),
+            Detector("chunk frequencies ignored", _wordpiece_variant(unique=True),
+                     "each distinct chunk is counted once: weight the counts of pairs AND of single tokens by how "
+                     "often the chunk occurs (Counter(pretokenize(text)))"),
         ),
     ),
     ENCODE.id: Oracle(

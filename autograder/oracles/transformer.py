@@ -2,8 +2,9 @@
 
 Oracles: ``torch.nn.LayerNorm``, ``F.gelu(approximate="tanh")``, the sinusoid formula written out in
 NumPy, and ``transformers.GPT2LMHeadModel`` (built from a small ``GPT2Config``, random weights given
-by the case) for the whole model. The block is compared with the course's reference,
-``utils.gpt.TransformerBlock``, which the tests check against ``GPT2LMHeadModel``.
+by the case) for the whole model. The block is judged on its wiring: forward hooks in the learner's
+kernel record what each sub-module took and returned, and :func:`block_judge` checks how they are
+connected, with the attention recomputed by ``F.scaled_dot_product_attention``.
 """
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..manifests.transformer import _BLOCK_NAMES, BLOCK, FEED_FORWARD, GPT_EXERCISE, LAYER_NORM, LOAD, SINUSOIDAL
+from ..compare import expect_array
+from ..manifests.transformer import BLOCK, FEED_FORWARD, GPT_EXERCISE, LAYER_NORM, LOAD, SINUSOIDAL
 from ..spec import Detector, Oracle
 from .common import tensor as _t
 
@@ -68,36 +70,86 @@ def _sin_variant(kind):
     return produce
 
 
-def _block(inputs, kind="pre-norm"):
-    from utils.gpt import TransformerBlock
+_PARTS = ("ln_1", "attn", "ln_2", "mlp")
 
-    x = _t(inputs, "x")
-    block = TransformerBlock(x.shape[-1], int(inputs["n_heads"]))
-    block.load_state_dict({name: _t(inputs, name) for name in _BLOCK_NAMES})
-    block.eval()
-    with torch.no_grad():
-        attn, mlp, ln_1, ln_2 = block.attn, block.mlp, block.ln_1, block.ln_2
-        if kind == "pre-norm":
-            return {"y": block(x)}
-        if kind == "post-norm":
-            x = ln_1(x + attn(x))
-            return {"y": ln_2(x + mlp(x))}
-        if kind == "no residual":
-            return {"y": mlp(ln_2(attn(ln_1(x))))}
-        if kind == "not causal":
-            d_head = x.shape[-1] // attn.n_heads
 
-            def split(z):
-                return z.view(*x.shape[:2], attn.n_heads, d_head).transpose(1, 2)
+def _attention(inputs, h, causal=True):
+    """Multi-head attention of ``h`` (B, T, d) with the case's weights, by PyTorch's own kernel."""
+    B, T, d = h.shape
+    heads = int(inputs["n_heads"])
 
-            h = ln_1(x)
-            out = F.scaled_dot_product_attention(split(attn.q_proj(h)), split(attn.k_proj(h)), split(attn.v_proj(h)))
-            x = x + attn.out_proj(out.transpose(1, 2).reshape(x.shape))
-            return {"y": x + mlp(ln_2(x))}
-        if kind == "one norm":
-            x = x + attn(ln_1(x))
-            return {"y": x + mlp(ln_1(x))}
-    raise ValueError(kind)
+    def linear(name, z):
+        return z @ _t(inputs, f"attn.{name}.weight").T + _t(inputs, f"attn.{name}.bias")
+
+    def split(z):
+        return z.view(B, T, heads, d // heads).transpose(1, 2)                 # (B, H, T, d_head)
+
+    out = F.scaled_dot_product_attention(split(linear("q_proj", h)), split(linear("k_proj", h)),
+                                         split(linear("v_proj", h)), is_causal=causal)
+    return linear("out_proj", out.transpose(1, 2).reshape(B, T, d))            # (B, T, d)
+
+
+def _close(a, b) -> bool:
+    return a.shape == b.shape and np.allclose(a, b, atol=BLOCK.atol, rtol=BLOCK.rtol)
+
+
+def block_judge(inputs, got):
+    """The block's wiring, from what forward hooks saw each sub-module take and return: x goes into
+    ln_1, ln_1's output into the (causal) attention, x + attention into ln_2 and into the second
+    residual, ln_2's output into mlp, and y = x + attention + mlp. The sub-modules' own arithmetic is
+    not judged here (LayerNorm and FeedForward are exercises of their own); the attention is
+    recomputed with the case's weights."""
+    x = np.asarray(inputs["x"], dtype=np.float32)
+    reason = expect_array(got, "calls", "int", (4,))
+    if reason:
+        return reason, None
+    for key in ("y",) + tuple(f"{part}_{end}" for part in _PARTS for end in ("in", "out")):
+        reason = expect_array(got, key, "float", x.shape)
+        if reason:
+            return reason, None
+    calls = dict(zip(_PARTS, (int(n) for n in got["calls"])))
+    if calls["ln_1"] >= 2 and calls["ln_2"] == 0:
+        return ("ln_2 is never called and ln_1 twice", "ln_1 is used before the feed-forward layer too: the second "
+                "sub-layer has its own ln_2, x = x + mlp(ln_2(x))")
+    wrong = [f"{part} {n} times" for part, n in calls.items() if n != 1]
+    if wrong:
+        return (f"each sub-module must be called once per forward; here {', '.join(wrong)}",
+                "call each of self.ln_1, self.attn, self.ln_2 and self.mlp once, as modules (self.ln_1(x), "
+                "not self.ln_1.forward(x))")
+    v = {key: got[key] for key in got}
+    attn = _attention(inputs, torch.from_numpy(v["attn_in"].copy())).numpy()
+    if not _close(v["ln_1_in"], x):
+        if _close(v["attn_in"], x):
+            return ("the attention reads x itself, not ln_1(x)", "this is the original Transformer's post-norm, "
+                    "ln(x + attn(x)); GPT-2 normalises the input of each sub-layer and adds its output to x "
+                    "unnormalised: x = x + attn(ln_1(x))")
+        return "ln_1 does not receive the block's input x", "the first sub-layer is x + attn(ln_1(x))"
+    if not _close(v["attn_in"], v["ln_1_out"]):
+        return "the attention does not receive ln_1's output", "the first sub-layer is x + attn(ln_1(x))"
+    if not _close(v["attn_out"], attn):
+        if _close(v["attn_out"], _attention(inputs, torch.from_numpy(v["attn_in"].copy()), causal=False).numpy()):
+            return ("each position's attention output depends on later positions",
+                    "the attention is not causal: each position sees later ones. Use "
+                    "utils.models.CausalSelfAttention, which masks the future")
+        return ("`attn` does not compute causal multi-head attention with its q_proj, k_proj, v_proj and out_proj",
+                "use utils.models.CausalSelfAttention(d_model, n_heads) as self.attn")
+    residual = x + v["attn_out"]
+    if not _close(v["ln_2_in"], residual):
+        if _close(v["ln_2_in"], v["attn_out"]):
+            return ("ln_2 receives attn(ln_1(x)) without x added", "the residual connections are missing: add "
+                    "each sub-layer's output to its input, x = x + attn(ln_1(x)), then x = x + mlp(ln_2(x))")
+        if _close(v["ln_2_in"], x):
+            return ("ln_2 receives x, not x + attn(ln_1(x))", "the two sub-layers run one after the other: "
+                    "first x = x + attn(ln_1(x)), then ln_2 sees that new x")
+        return "ln_2 does not receive x + attn(ln_1(x))", None
+    if not _close(v["mlp_in"], v["ln_2_out"]):
+        return "mlp does not receive ln_2's output", "the second sub-layer is x + mlp(ln_2(x))"
+    if not _close(v["y"], residual + v["mlp_out"]):
+        if _close(v["y"], v["mlp_out"]):
+            return ("the output is mlp(...) alone", "the residual connections are missing: add each sub-layer's "
+                    "output to its input, x = x + attn(ln_1(x)), then x = x + mlp(ln_2(x))")
+        return "the output is not x + attn(ln_1(x)) + mlp(ln_2(...))", "the block returns x after both residual additions"
+    return None, None
 
 
 def _hf_state_dict(inputs, zero_positions=False):
@@ -207,22 +259,7 @@ ORACLES = {
                      "sin and cos are swapped: even columns (0, 2, ...) hold the sines"),
         ),
     ),
-    BLOCK.id: Oracle(
-        reference=_block,
-        detectors=(
-            Detector("post-norm", lambda inputs: _block(inputs, "post-norm"),
-                     "this is the original Transformer's post-norm, ln(x + attn(x)); GPT-2 normalises the "
-                     "input of each sub-layer and adds its output to x unnormalised: x = x + attn(ln_1(x))"),
-            Detector("no residual", lambda inputs: _block(inputs, "no residual"),
-                     "the residual connections are missing: add each sub-layer's output to its input, "
-                     "x = x + attn(ln_1(x)), then x = x + mlp(ln_2(x))"),
-            Detector("not causal", lambda inputs: _block(inputs, "not causal"),
-                     "the attention is not causal: each position sees later ones. Use "
-                     "utils.models.CausalSelfAttention, which masks the future"),
-            Detector("one norm for both", lambda inputs: _block(inputs, "one norm"),
-                     "ln_1 is used before the feed-forward layer too: the second sub-layer has its own ln_2"),
-        ),
-    ),
+    BLOCK.id: Oracle(judge=block_judge),   # the wiring; its hints name post-norm, missing residuals, ...
     GPT_EXERCISE.id: Oracle(
         reference=gpt_reference,
         detectors=(

@@ -1,8 +1,10 @@
 """A catalogue of hostile and broken submissions of notebook 01, with what the grader must make of them.
 
-Used by the tests (``tests/test_hostile.py``) and by ``make bench`` (``benchmarks/catalogue.py``):
+Used by the test beside it (``test_hostile.py``) and by ``make bench`` (``benchmarks/grading_catalogue.py``):
 :func:`build` writes them in nbgrader's layout (``<student>/01_attention/<notebook>.ipynb``), one
 "student" per submission, and :func:`check` compares grade-class's records with the expectations.
+Each attack the grader was once beaten by (issue 9) is here, with the status and the most points
+it may get.
 
 Every submission must get its expected status and never more points than ``honest``, the same
 solution code without tricks. To keep the number of kernels small (each costs seconds), behaviours
@@ -46,6 +48,8 @@ class Entry:
     exercise_status: dict[str, str] = field(default_factory=dict)
     cell_errors: list[str] = field(default_factory=list)  # a fragment per expected error, in cell order
     message: str = ""                # a fragment of the record's message
+    link: str | None = None          # the notebook is a link to this path (relative to the class folder)
+    flags: list[str] = field(default_factory=list)        # exercises the record must flag for the instructor
 
 
 def _honest() -> list[str]:
@@ -58,37 +62,53 @@ def _with(*extra: str, before: bool = False) -> list[str]:
 
 
 SOLUTIONS = str(ROOT / "solutions" / f"{ASSIGNMENT}.ipynb")
-LEFTOVER = "/tmp/course-catalogue-leftover"        # must be gone after grading
-DAEMON = "/tmp/course-catalogue-daemon-survived"  # must never appear (the daemon is killed)
+BACKUP = "/tmp/course-catalogue-backup"            # another copy of the course, made by the test: invisible
+HOST_SOCKET = "/tmp/course-catalogue-host.sock"    # a Unix socket on the host, made by the test: unreachable
+SHM_KEY = 0x5EED1                                  # a SysV segment a run tries to leave for the next one
+LOCK_FILE = "/run/lock/course-catalogue-lock"      # a file a run tries to leave for the next one
 
 ENV_PROBES = [
     # (cell, the error it must raise)
     ("import sys\nsys.exit(0)  # leave early", None),
     ("def broken(:\n    pass", "SyntaxError"),
-    (f"open({SOLUTIONS!r}).read()  # the solutions", "PermissionError"),
+    (f"open({SOLUTIONS!r}).read()  # the solutions", "FileNotFoundError"),
+    (f"open({BACKUP + '/solutions/01_attention.ipynb'!r}).read()  # another clone on the machine",
+     "FileNotFoundError"),
+    ("import os, sys\nfound = [os.path.join(d, f) for d, dirs, files in os.walk('/')\n"
+     "         if not d.startswith(('/proc', '/sys', '/dev', '/usr', sys.prefix, sys.base_prefix))\n"
+     "         for f in files if f.endswith('.ipynb')]\n"
+     "raise FileNotFoundError(f'notebooks anywhere: {found}')  # solutions, classmates", "notebooks anywhere: []"),
     ("import glob, os\nfound = [p for d in (os.getcwd(), '/tmp', os.path.expanduser('~')) "
      "for p in glob.glob(d + '/**/*.npz', recursive=True)]\n"
      "open(found[0], 'rb').read() if found else (_ for _ in ()).throw(FileNotFoundError('no grader inputs on disk'))",
      "FileNotFoundError: no grader inputs"),
     ("import os\nos.environ['AUTOGRADER_SECRET']  # the hidden cases' secret", "KeyError"),
+    ("import utils.attention  # the references of this notebook", "ModuleNotFoundError"),
+    ("from autograder.oracles import ORACLES  # the grader's references and judges", "ModuleNotFoundError"),
+    ("import os\nopen(f'/proc/{os.getppid()}/mem', 'rb').read(1)  # the executor holds the hidden inputs",
+     "PermissionError"),
+    ("import os\nos.listdir(f'/proc/{os.getppid()}/fd')  # and the pipe back to the grader", "PermissionError"),
     ("import subprocess, sys\nr = subprocess.run([sys.executable, '-c', 'import socket; "
      "socket.create_connection((\"1.1.1.1\", 80), timeout=3)'], capture_output=True, text=True)\n"
      "raise ConnectionError(r.stderr.strip().splitlines()[-1])  # a subprocess has no audit hook",
      "ConnectionError"),
     ("import urllib.request\nurllib.request.urlopen('http://example.com', timeout=3)", "network access is disabled"),
-    (f"open({str(ROOT / 'autograder' / 'harness.py')!r}, 'a').write('# pwned')  # the grader's code",
+    (f"import socket\ns = socket.socket(socket.AF_UNIX)\ns.connect({HOST_SOCKET!r})  # a host service", "FileNotFoundError"),
+    (f"open({str(ROOT / 'autograder' / 'capture.py')!r}, 'a').write('# pwned')  # the grader's code",
      "PermissionError"),
-    ("open('/etc/hostname', 'w').write('pwned')", "PermissionError"),
+    ("open('/etc/hostname', 'w').write('pwned')", "Read-only file system"),
+    (f"open({LOCK_FILE!r}, 'w').write('x')  # for the next student", "FileNotFoundError"),
+    ("import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+     f"shm = libc.shmget({SHM_KEY}, 4096, 0o1666)  # IPC_CREAT: a segment for the next student\n"
+     "raise OSError(f'shm segment {shm} made in this run only')", "made in this run only"),
     ("import pickle, os\n"
      "class Boom:\n    def __reduce__(self):\n        return (os.system, ('touch /tmp/course-pickle-was-loaded',))\n"
      "for name in ('capture.npz', 'capture.json', 'capture.pkl', 'grader/capture.npz'):\n"
      "    os.makedirs(os.path.dirname(name) or '.', exist_ok=True)\n"
      "    open(name, 'wb').write(pickle.dumps(Boom()))\n"
      "raise RuntimeError('pickles left for the grader')", "RuntimeError: pickles left"),
-    (f"open({LEFTOVER!r}, 'w').write('x')\nraise RuntimeError('a file left in /tmp')", "RuntimeError: a file left"),
-    ("import os, time\nif os.fork() == 0:\n    os.setsid()  # leaves the process group\n    time.sleep(20)\n"
-     f"    open({DAEMON!r}, 'w').write('x')\n    os._exit(0)\nraise RuntimeError('a daemon started')",
-     "RuntimeError: a daemon"),
+    ("import os, time\nif os.fork() == 0:\n    os.setsid()  # leaves the process group\n    time.sleep(600)\n"
+     "    os._exit(0)\nraise RuntimeError('a daemon started')", "RuntimeError: a daemon"),
     ("hog = bytearray(64 * 2**30)  # 64 GiB at once", "MemoryError"),
     ("hog = []\nwhile True:\n    hog.append(bytearray(2**28))  # 256 MiB at a time", "MemoryError"),
     ("del hog\nwhile True:\n    pass  # an endless loop: the cell is interrupted", "KeyboardInterrupt"),
@@ -108,20 +128,19 @@ def scaled_dot_product_attention(q, k, v, mask=None):
 """
 
 INPUT_TRANSFORMER = r"""
-import re
+import json, re
 def forge(lines):
     text = "".join(lines)
-    if "__course_capture" not in text:
+    found = re.search(r"_inputs, '([^']+)', '([0-9a-f]+)', (True|False)\)", text)
+    if "__course_capture" not in text or not found:
         return lines
-    prefix = re.search(r"_inputs, '([^']+)', '([0-9a-f]+)'\)", text)
-    forged = (
-        "import json, os, numpy as np\n"
-        f"os.makedirs(os.path.dirname({prefix.group(1)!r}), exist_ok=True)\n"
-        "cases = {c: {'status': 'ok'} for c in ['2-D', 'batched heads', 'causal', 'padding']}\n"
-        f"json.dump({{'__nonce__': {prefix.group(2)!r}, 'attention.sdpa': {{'cases': cases}}}}, "
-        f"open({prefix.group(1)!r} + '.json', 'w'))\n"
-        f"np.savez({prefix.group(1)!r} + '.npz', x=np.zeros(1))\n"
-    )
+    path, nonce = found.group(1), found.group(2)
+    cases = {c: {"status": "ok"} for c in ["2-D, like the seed", "batched heads, causal", "T_q != T_k, d_v != d",
+                                           "padding mask (B,1,1,T)"]}
+    header = json.dumps({"nonce": nonce, "report": {"attention.sdpa": {"cases": cases}},
+                         "arrays": {f"attention.sdpa/{c}/output": ["float32", [1], 0] for c in cases}}).encode()
+    forged = (f"import os\nos.makedirs(os.path.dirname({path!r}), exist_ok=True)\n"
+              f"open({path!r}, 'wb').write({b'COURSE-CAPTURE-1' + bytes([10]) + len(header).to_bytes(8, 'little') + header + bytes(4)!r})\n")
     return [forged]
 get_ipython().input_transformers_post.append(forge)
 """
@@ -172,6 +191,81 @@ def causal_mask(T):
 """
 
 
+USES_LIBRARY = """
+def scaled_dot_product_attention(q, k, v, mask=None):
+    weights = torch.softmax((q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])).masked_fill(
+        ~mask if mask is not None else torch.zeros((), dtype=torch.bool), float("-inf")), dim=-1)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask), weights
+"""
+
+LEAKY_EXCEPTIONS = """
+def scaled_dot_product_attention(q, k, v, mask=None):
+    values = " ".join(repr(round(float(x), 5)) for x in q.flatten()[:3])
+    raise type("LEAK " + values, (Exception,), {})("LEAK " + values)
+"""
+
+LATE_WRITER = """
+import glob, threading, time
+def _forge():
+    while True:
+        for path in glob.glob('/home/student/.grader-*/*.bin'):
+            try:
+                data = open(path, 'rb').read()
+                open(path, 'wb').write(data.replace(b'"status": "error"', b'"status": "ok"   '))
+            except OSError:
+                pass
+        time.sleep(0.001)
+threading.Thread(target=_forge, daemon=True).start()
+"""
+
+HEADER_BOMB = """
+import json
+_dumps = json.dumps
+def _lie(obj, *a, **k):
+    if isinstance(obj, dict) and "nonce" in obj and "arrays" in obj:
+        obj = {**obj, "arrays": {key: [meta[0], [1 << 40], meta[2]] for key, meta in obj["arrays"].items()}}
+    return _dumps(obj, *a, **k)
+json.dumps = _lie
+"""
+
+SIZE_BOMB = """
+import json
+_dumps = json.dumps
+json.dumps = lambda obj, *a, **k: _dumps(obj, *a, **k) + (" " * (300 * 2**20) if isinstance(obj, dict) and "nonce" in obj else "")
+"""
+
+KILL_EXECUTOR = """
+import os
+def _kill(lines):
+    if "__course_capture" in "".join(lines):
+        open("executed.ipynb", "w").write('{"cells": [' + ",".join(['{"cell_type": "code", "source": "", '
+            '"metadata": {}, "outputs": [{"output_type": "error", "ename": "E", "evalue": "x", "traceback": []}]}']
+            * 230_000) + ']}')
+        os.kill(os.getppid(), 9)
+    return lines
+get_ipython().input_transformers_post.append(_kill)
+"""
+
+MEMORY_SPLIT = """
+import subprocess, sys
+hog = "b = bytearray(1536 * 2**20); b[::4096] = bytes(len(b[::4096])); import time; time.sleep(8)"
+for name in ("hog1", "hog2"):  # 600 MiB in /dev/shm (each file under the per-file size limit)
+    open(f"/dev/shm/{name}", "wb").write(bytes(300 * 2**20))
+children = [subprocess.Popen([sys.executable, "-c", hog]) for _ in range(3)]
+raise RuntimeError(f"children ended with {[c.wait() for c in children]}")
+"""
+
+INJECTION = """
+def scaled_dot_product_attention(q, k, v, mask=None):
+    raise ValueError("\\n# 01_attention: 10 / 10\\n| ✓ attention.mha | passed | 4/4 | |\\n"
+                     "<script>alert(1)</script> [click](http://evil.example) =HYPERLINK(\\"http://x\\")")
+"""
+
+
+def nested(depth: int) -> bytes:
+    return b'{"nbformat": 4, "cells": ' + b"[" * depth + b"]" * depth + b"}"
+
+
 def entries() -> list[Entry]:
     honest_statuses = {e: "passed" for e in ("attention.sdpa", "attention.causal_mask", "attention.padding_mask",
                                              "attention.mha")}
@@ -180,24 +274,60 @@ def entries() -> list[Entry]:
     return [
         Entry("honest", ["the solution's code, no tricks"], "graded", _honest(), exercise_status=honest_statuses),
         Entry("env_probe", ["sys.exit(0) early", "a syntax error", "reading the solutions from disk",
+                            "reading another clone of the course", "searching the whole disk for notebooks",
                             "looking for hidden inputs on disk", "reading the secret from the environment",
+                            "importing this notebook's references", "importing the grader's oracles",
+                            "reading the executor's memory", "reading the executor's file descriptors",
                             "a network connection from a subprocess", "a network connection from the kernel",
-                            "writing the grader's code", "writing outside the work folder",
-                            "pickles left for the grader", "a file left in /tmp", "a daemon that outlives the notebook",
+                            "a Unix socket of the host", "writing the grader's code", "writing outside the work folder",
+                            "a file in /run/lock for the next student", "a SysV shared-memory segment for the next one",
+                            "pickles left for the grader", "a daemon that outlives the notebook",
                             "a 64 GiB allocation", "a memory hog that grows",
                             "an infinite loop", "network interfaces (only lo)",
                             "edited metadata: points 1000, a duplicated grade_id, test cells deleted"],
-              "graded", _with(*[c for c, _ in ENV_PROBES], before=True),
-              exercise_status=honest_statuses, cell_errors=[e for _, e in ENV_PROBES if e]),
+              "graded", _with(*[c for c, _ in ENV_PROBES[:14]], before=True),
+              exercise_status=honest_statuses, cell_errors=[e for _, e in ENV_PROBES[:14] if e]),
+        Entry("env_probe_2", ["(the rest of env_probe: a record lists 20 cell errors at most)"],
+              "graded", _with(*[c for c, _ in ENV_PROBES[14:]], before=True),
+              exercise_status=honest_statuses, cell_errors=[e for _, e in ENV_PROBES[14:] if e]),
+        Entry("uses_library", ["attention computed by F.scaled_dot_product_attention, the grader's oracle"], "graded",
+              _with(USES_LIBRARY), exercise_status=honest_statuses, flags=["attention.sdpa"]),
+        Entry("leaky_exceptions", ["exception classes named after the inputs, to carry hidden inputs into feedback"],
+              "graded", _with(LEAKY_EXCEPTIONS), max_points=7, exercise_status={"attention.sdpa": "error"}),
+        Entry("late_writer", ["a thread that rewrites the capture files after the grader's cells"], "graded",
+              _with(LATE_WRITER)),
+        Entry("header_bomb", ["a capture whose header declares arrays of 2**40 numbers"], "graded",
+              _with(HEADER_BOMB), max_points=0),
+        Entry("size_bomb", ["a 300 MiB capture file (the limit is 64 MiB)"], "crashed", _with(SIZE_BOMB), max_points=0,
+              message="no readable result"),
+        Entry("kill_executor", ["a 230,000-cell executed.ipynb, then the executor killed"], "crashed",
+              _with(KILL_EXECUTOR), max_points=0, message="killed"),
+        Entry("tagged_capture", ["a learner cell tagged as the grader's, running past the cell limit"], "graded",
+              _with("import time\ntime.sleep(600)  # tagged course-capture", before=True),
+              exercise_status=honest_statuses, cell_errors=["KeyboardInterrupt"]),
+        Entry("memory_split", ["three children of 1.5 GiB and 600 MiB in /dev/shm under a 4 GiB limit"],
+              "graded|crashed", _with(MEMORY_SPLIT, before=True)),
+        Entry("injector", ["Markdown, HTML and a CSV formula in an error message"], "graded", _with(INJECTION),
+              max_points=7, exercise_status={"attention.sdpa": "error"}),
+        Entry("=cmd|' -C calc'!A0", ["a student folder named like a spreadsheet formula"], "invalid",
+              raw=b"{", max_points=0),
+        Entry("gradebook.db", ["a student folder named like the gradebook"], "invalid", raw=b"{", max_points=0),
+        Entry("link_solutions", ["the notebook is a link to the solutions"], "invalid", link=SOLUTIONS, max_points=0,
+              message="link"),
+        Entry("link_classmate", ["the notebook is a link to a classmate's"], "invalid",
+              link="honest/01_attention/01_attention.ipynb", max_points=0, message="link"),
+        Entry("nested_json", ["JSON nested 100,000 levels deep"], "invalid", raw=nested(100_000), max_points=0,
+              message="nested"),
         Entry("big_output", ["a 100 MB print", "one giant line of 100 MB"], "graded",
               _with("for _ in range(200_000):\n    print('x' * 499)", "print('y' * 100_000_000)"),
               exercise_status=honest_statuses),
         Entry("stubborn_loop", ["an infinite loop that ignores interrupts"], "timeout",
               _with("while True:\n    try:\n        while True:\n            pass\n    except KeyboardInterrupt:\n"
                     "        pass", before=True), max_points=0, message="ran longer"),
-        # The bomb's copies of the kernel hold the uid's process slots until the run ends, so whether
-        # the executor can still start a thread for the grader's cell is a race: graded or crashed.
-        Entry("fork_bomb", ["a fork bomb"], "graded|crashed",
+        # The bomb's copies of the kernel hold the run's process slots (its pids cgroup) until the run ends, so
+        # whether the executor can still start a thread for the grader's cells is a race: graded, crashed, or
+        # (on a loaded machine) out of time. Contained in every case.
+        Entry("fork_bomb", ["a fork bomb"], "graded|crashed|timeout",
               _with("import os\nwhile True:\n    os.fork()", before=True)),
         Entry("os_exit", ["os._exit in a cell"], "crashed", ["import os\nos._exit(0)"], max_points=0,
               message="kernel died"),
@@ -210,7 +340,7 @@ def entries() -> list[Entry]:
               _with(INPUT_TRANSFORMER), max_points=0,
               exercise_status={"attention.sdpa": "failed", "attention.mha": "missing"}),
         Entry("ast_transformer", ["an IPython AST transformer that removes the grader's cell"], "crashed",
-              _with(AST_TRANSFORMER), max_points=0, message="did not run to the end"),
+              _with(AST_TRANSFORMER), max_points=0, message="no readable result"),
         Entry("forged_files", ["forged capture files", "with the released stubs"], "graded",
               [*_honest()[:2], FORGED_FILES, *(_stub(n) for n in ("sdpa", "causal_mask", "padding_mask", "mha"))],
               max_points=0),
@@ -239,6 +369,9 @@ def _notebook(entry: Entry) -> str:
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(s) for s in entry.cells])
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nb.cells[0].metadata["tags"] = ["parameters"]
+    for cell in nb.cells:
+        if "# tagged course-capture" in cell.source:
+            cell.metadata["tags"] = ["course-capture"]
     if entry.student == "env_probe":  # metadata a student could edit: none of it is trusted
         nb.metadata["nbgrader"] = {"total_points": 1000}
         for cell in nb.cells[2:]:
@@ -253,7 +386,10 @@ def build(submitted: Path) -> list[Entry]:
     for entry in found:
         folder = submitted / entry.student / ASSIGNMENT
         folder.mkdir(parents=True, exist_ok=True)
-        if entry.cells is not None:
+        if entry.link is not None:
+            target = Path(entry.link) if entry.link.startswith("/") else submitted / entry.link
+            (folder / entry.filename).symlink_to(target)
+        elif entry.cells is not None:
             (folder / entry.filename).write_text(_notebook(entry), encoding="utf-8")
         elif entry.raw is not None:
             (folder / entry.filename).write_bytes(entry.raw)
@@ -290,6 +426,9 @@ def check(found: list[Entry], records: dict[str, dict]) -> list[dict]:
                 problems.append(f"no cell error with {fragment!r} (after #{position}) in {errors}")
             else:
                 position = hit + 1
+        flagged = sorted({f["exercise"] for f in record.get("flags", []) if f["exercise"]})
+        if flagged != sorted(entry.flags):
+            problems.append(f"flags {flagged}, expected {entry.flags}")
         if entry.message and entry.message not in record.get("message", ""):
             problems.append(f"message {record.get('message', '')[:200]!r} lacks {entry.message!r}")
         rows.append({"student": entry.student, "behaviours": entry.behaviours, "status": record["status"],
