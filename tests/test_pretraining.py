@@ -366,10 +366,46 @@ def test_train_lowers_the_loss_and_respects_a_time_budget(sentence):
     assert history.final_val < 0.5 * before            # a repeated sentence is easy to learn
     assert history.lrs[0] == 0.0 and history.lrs[10] == pytest.approx(1e-2)
     assert history.lrs[-1] == pytest.approx(1e-3, rel=0.05)   # the cosine ends at min_lr = max_lr / 10
+    # On the real clock only what no machine load can break: the run never stops before its budget,
+    # and it does stop (the exact schedule is tested on a fake clock below).
     timed = train(model, lambda step: get_batch(data, 16, 8, generator), steps=10**6, seconds=0.5, max_lr=1e-3,
                   progress=False)
-    assert 0.5 <= timed.seconds < 1.5 and len(timed.steps) < 10**6
-    assert timed.lrs[-1] < 0.3 * max(timed.lrs)       # the clock-driven cosine has nearly reached its floor
+    assert 0.5 <= timed.seconds < 60 and 0 < len(timed.steps) < 10**6
+
+
+@pytest.mark.parametrize("tick", [1 / 64, 1 / 32, "slower at half time"])
+def test_the_time_budget_schedule_follows_the_clock(sentence, monkeypatch, tick):
+    """train(seconds=...) on a fake clock that advances by a fixed tick per step (exact binary
+    fractions): deterministic whatever the load of the machine, and exact, so it can fail. The
+    cosine must be stretched over the steps that fit in the budget and end at its floor."""
+    import types
+
+    import utils.training as training
+
+    vocab_size, data = sentence
+    model = GPT(vocab_size, n_positions=16, d_model=32, n_layers=1, n_heads=2)
+    generator = torch.Generator().manual_seed(0)
+    clock = {"now": 0.0}
+    monkeypatch.setattr(training, "time", types.SimpleNamespace(perf_counter=lambda: clock["now"]))
+
+    def next_batch(step):
+        if tick == "slower at half time":                  # 1/64 s per step, then 1/32 after 0.25 s
+            clock["now"] += 1 / 64 if clock["now"] < 0.25 else 1 / 32
+        else:
+            clock["now"] += tick
+        return get_batch(data, 16, 8, generator)
+
+    timed = train(model, next_batch, steps=10**6, seconds=0.5, max_lr=1e-3, min_lr=1e-4, warmup=5, progress=False)
+    assert timed.seconds == 0.5
+    if tick == "slower at half time":
+        assert len(timed.steps) == 16 + 8                  # 16 steps in the first 0.25 s, 8 in the rest
+        assert timed.lrs[5] == pytest.approx(1e-3)         # warm-up done, cosine begins
+        assert all(b <= a for a, b in zip(timed.lrs[5:], timed.lrs[6:]))   # it only decays
+    else:
+        n = round(0.5 / tick)                             # steps start at 0, tick, ..., 0.5 - tick
+        assert len(timed.steps) == n
+        assert timed.lrs == pytest.approx([lr_at(s, 5, n, 1e-3, 1e-4) for s in range(n)], abs=1e-15)
+    assert timed.lrs[-1] < 1e-4 + 0.05 * (1e-3 - 1e-4)     # the last step is at the floor's doorstep
 
 
 @pytest.mark.parametrize("cls", [GPT, ModernGPT])
