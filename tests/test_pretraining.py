@@ -8,26 +8,44 @@ are the correct implementations; the wrong ones are written here.
 from __future__ import annotations
 
 import math
+import os
+import time
+from pathlib import Path
 
+import nbformat
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from autograder.compare import diagnose
+import utils.pretraining as reference
 from autograder.capture import run_case
+from autograder.compare import diagnose
 from autograder.manifests import assignment, exercise
-from benchmarks.common import solution_namespace
+from autograder.oracles.pretraining import binomial_p, composition_cdf
 from utils.gpt import GPT
 from utils.models import ModernGPT
 from utils.pretraining import get_batch, lr_at
 from utils.training import CharTokenizer, History, estimate_loss, orthogonalize, train
 
 ASSIGNMENT = assignment("04_pretraining")
+NOTEBOOK = Path(__file__).resolve().parent.parent / "solutions" / "04_pretraining.ipynb"
+
+
+def solution_namespace() -> dict:
+    """The solution notebook's parameters, imports and solution cells, executed: "your" code."""
+    cells = [cell for cell in nbformat.read(NOTEBOOK, as_version=4).cells if cell.cell_type == "code"]
+    chosen = cells[:2] + [cell for cell in cells[2:] if cell.metadata.get("nbgrader", {}).get("solution")]
+    namespace: dict = {}
+    for number, cell in enumerate(chosen):
+        exec(compile(cell.source, f"04_pretraining:cell{number}", "exec"), namespace)
+    namespace["FAST"] = True
+    return namespace
 
 
 @pytest.fixture(scope="module")
 def solution():
-    return solution_namespace("04_pretraining")
+    return solution_namespace()
 
 
 def outcomes(ex, fn):
@@ -53,10 +71,73 @@ def test_the_solutions_pass_every_case_whatever_the_hidden_seed(solution, monkey
         assert not failures, (ex.id, failures)
 
 
-def test_utils_reference_functions_pass_the_same_grading():
-    """`utils.training` trains the benchmark and notebook models: it meets the learners' contract."""
-    for ex_id, fn in (("pretraining.get_batch", get_batch), ("pretraining.lr_at", lr_at)):
-        assert all(passed for _, passed, _ in outcomes(exercise(ex_id), fn)), ex_id
+def test_every_exercise_names_a_course_version_that_passes_the_same_grading():
+    """The demos fall back on `reference_impl` (autograder.use): it must exist and meet the contract."""
+    for ex in ASSIGNMENT.exercises:
+        module, name = ex.reference_impl.split(":")
+        assert module == "utils.pretraining", ex.id
+        fn = getattr(reference, name)
+        assert all(passed for _, passed, _ in outcomes(ex, fn)), ex.id
+
+
+def test_utils_training_does_not_import_the_references_at_the_top():
+    """The grader's sandbox leaves utils/pretraining.py out while 04 is graded; utils.training stays."""
+    import ast
+
+    source = (NOTEBOOK.parent.parent / "utils" / "training.py").read_text()
+    top_level = [node for node in ast.parse(source).body if isinstance(node, (ast.Import, ast.ImportFrom))]
+    names = [getattr(node, "module", None) or "" for node in top_level] + \
+            [alias.name for node in top_level for alias in node.names]
+    assert not any("pretraining" in name for name in names), names
+
+
+@pytest.mark.slow
+def test_no_correct_reference_fails_under_a_thousand_secrets(monkeypatch):
+    """Issue 9: the judges' promise, measured. Each random case fails a correct implementation with
+    probability at most 1e-6, so over 1,000 secrets (about 6,000 hidden cases, plus the public ones)
+    a single failure would be a one-in-150 event: it would mean a judge is wrong. About a minute."""
+    start = time.perf_counter()
+    judged = 0
+    random_exercises = [ex for ex in ASSIGNMENT.exercises if ex.id in (
+        "pretraining.mask_tokens", "pretraining.span_corrupt", "pretraining.get_batch")]
+    for i in range(1000):
+        monkeypatch.setenv("AUTOGRADER_SECRET", f"secret-{i}")
+        for ex in random_exercises:
+            for case in ex.cases:
+                if not case.hidden and i > 0:
+                    continue                   # public inputs do not depend on the secret
+                inputs = ex.inputs(case)
+                outputs, report = run_case(getattr(reference, ex.callable), ex.call, inputs)
+                assert report["status"] == "ok", (i, ex.id, case.name, report)
+                passed, reason, _ = diagnose(ex, inputs, outputs)
+                assert passed, (f"secret-{i}", ex.id, case.name, reason)
+                judged += 1
+    print(f"{judged} cases judged in {time.perf_counter() - start:.0f} s")
+
+
+def test_binomial_p_is_an_exact_conservative_tail():
+    """Under the null, P(binomial_p(K) < a) <= a for every a: summed exactly over K's law."""
+    from scipy.stats import binom
+
+    for n, p in ((40, 0.15), (200, 0.5), (7, 0.9)):
+        k = np.arange(n + 1)
+        pmf, pv = binom.pmf(k, n, p), binomial_p(k, n, p)
+        for a in (1e-6, 1e-3, 0.05, 0.5):
+            assert pmf[pv < a].sum() <= a + 1e-12
+
+
+def test_composition_cdf_is_the_law_of_a_uniform_composition():
+    """Enumerate every composition of 9 into 3 parts: the first and last part have composition_cdf's law."""
+    import itertools
+
+    total, parts = 9, 3
+    compositions = [c for c in itertools.product(range(1, total + 1), repeat=parts) if sum(c) == total]
+    assert len(compositions) == math.comb(total - 1, parts - 1)
+    cdf = composition_cdf(total, parts)
+    for column in (0, parts - 1):
+        empirical = [sum(c[column] <= j for c in compositions) / len(compositions) for j in range(total + 1)]
+        assert np.allclose(empirical, cdf)
+    assert composition_cdf(5, 1).tolist() == [0, 0, 0, 0, 0, 1]
 
 
 # ----------------------------------------------------------------------------- wrong implementations
@@ -150,11 +231,64 @@ def span_fixed_positions(input_ids, noise_density=0.15, mean_span_length=3.0, se
 
 
 def span_no_closing_sentinel(input_ids, noise_density=0.15, mean_span_length=3.0, sentinel_ids=(), generator=None):
-    from benchmarks.common import solution_namespace
-
-    encoder, decoder = solution_namespace("04_pretraining")["span_corrupt"](
-        input_ids, noise_density, mean_span_length, sentinel_ids, generator)
+    encoder, decoder = reference.span_corrupt(input_ids, noise_density, mean_span_length, sentinel_ids, generator)
     return encoder, decoder[:-1]
+
+
+def _spans(input_ids, kept, noise, sentinel_ids, trailing=()):
+    """Encoder input and decoder target for given kept/noise lengths (and optional kept text at the end)."""
+    ids, encoder, decoder, position = input_ids.tolist(), [], [], 0
+    for i, (k, n) in enumerate(zip(kept, noise)):
+        encoder += ids[position:position + k] + [sentinel_ids[i]]
+        decoder += [sentinel_ids[i]] + ids[position + k:position + k + n]
+        position += k + n
+    encoder += ids[position:]
+    return torch.tensor(encoder), torch.tensor(decoder + [sentinel_ids[len(noise)]])
+
+
+def span_even_noise(input_ids, noise_density=0.15, mean_span_length=3.0, sentinel_ids=(), generator=None):
+    """Random kept lengths, but every noise span as long as the others: positions random, lengths not."""
+    n_noise, n_spans = reference.span_counts(len(input_ids), noise_density, mean_span_length)
+    total = len(input_ids) - n_noise
+    cuts = sorted((torch.randperm(total - 1, generator=generator)[: n_spans - 1] + 1).tolist())
+    kept = np.diff([0, *cuts, total]).tolist()
+    noise = [n_noise // n_spans + (i < n_noise % n_spans) for i in range(n_spans)]
+    return _spans(input_ids, kept, noise, sentinel_ids)
+
+
+def span_ends_with_kept_text(input_ids, noise_density=0.15, mean_span_length=3.0, sentinel_ids=(), generator=None):
+    """The T5 paper's figure: kept text after the last span, which the recipe never produces."""
+    n_noise, n_spans = reference.span_counts(len(input_ids), noise_density, mean_span_length)
+    total = len(input_ids) - n_noise          # kept tokens in n_spans + 1 parts: the last one after the noise
+    cuts = sorted((torch.randperm(total - 1, generator=generator)[: n_spans] + 1).tolist())
+    kept = np.diff([0, *cuts, total]).tolist()
+    noise_cuts = sorted((torch.randperm(n_noise - 1, generator=generator)[: n_spans - 1] + 1).tolist())
+    noise = np.diff([0, *noise_cuts, n_noise]).tolist()
+    return _spans(input_ids, kept[:-1], noise, sentinel_ids)
+
+
+def mask_wrong_split(input_ids, mask_token_id, vocab_size, mlm_probability=0.15, generator=None, special_token_ids=()):
+    """70 / 15 / 15 instead of 80 / 10 / 10: every invariant holds, the split does not."""
+    special = torch.isin(input_ids, torch.tensor(list(special_token_ids)))
+    chosen = (torch.rand(input_ids.shape, generator=generator) < mlm_probability) & ~special
+    draw = torch.rand(input_ids.shape, generator=generator)
+    inputs = torch.where(chosen & (draw < 0.7), mask_token_id, input_ids)
+    inputs = torch.where(chosen & (draw >= 0.7) & (draw < 0.85),
+                         torch.randint(vocab_size, input_ids.shape, generator=generator), inputs)
+    return inputs, torch.where(chosen, input_ids, -100)
+
+
+def mask_rate_twelve_percent(input_ids, mask_token_id, vocab_size, mlm_probability=0.15, generator=None,
+                             special_token_ids=()):
+    """The right recipe at 0.8 times the rate (chosen, then 'only the 80% are masked' counted as the rate)."""
+    return reference.mask_tokens(input_ids, mask_token_id, vocab_size, 0.8 * mlm_probability, generator,
+                                 special_token_ids)
+
+
+def batch_even_starts(data, block_size, batch_size, generator=None):
+    """Only even starts: windows and shifts are right, half the starts never come."""
+    starts = 2 * torch.randint((len(data) - block_size + 1) // 2, (batch_size,), generator=generator)
+    return torch.stack([data[i:i + block_size] for i in starts]), torch.stack([data[i + 1:i + 1 + block_size] for i in starts])
 
 
 WRONG = [
@@ -172,6 +306,11 @@ WRONG = [
     ("pretraining.lr_at", lr_cosine_from_zero, "where the warm-up ends"),
     ("pretraining.span_corrupt", span_fixed_positions, "random"),
     ("pretraining.span_corrupt", span_no_closing_sentinel, "decoder_target"),
+    ("pretraining.span_corrupt", span_even_noise, "uniformly"),
+    ("pretraining.span_corrupt", span_ends_with_kept_text, "ends with noise"),
+    ("pretraining.mask_tokens", mask_wrong_split, "exact binomial test"),
+    ("pretraining.mask_tokens", mask_rate_twelve_percent, "only the [MASK]ed 80% are labelled"),
+    ("pretraining.get_batch", batch_even_starts, "equally likely"),
 ]
 
 
@@ -227,10 +366,46 @@ def test_train_lowers_the_loss_and_respects_a_time_budget(sentence):
     assert history.final_val < 0.5 * before            # a repeated sentence is easy to learn
     assert history.lrs[0] == 0.0 and history.lrs[10] == pytest.approx(1e-2)
     assert history.lrs[-1] == pytest.approx(1e-3, rel=0.05)   # the cosine ends at min_lr = max_lr / 10
+    # On the real clock only what no machine load can break: the run never stops before its budget,
+    # and it does stop (the exact schedule is tested on a fake clock below).
     timed = train(model, lambda step: get_batch(data, 16, 8, generator), steps=10**6, seconds=0.5, max_lr=1e-3,
                   progress=False)
-    assert 0.5 <= timed.seconds < 1.5 and len(timed.steps) < 10**6
-    assert timed.lrs[-1] < 0.3 * max(timed.lrs)       # the clock-driven cosine has nearly reached its floor
+    assert 0.5 <= timed.seconds < 60 and 0 < len(timed.steps) < 10**6
+
+
+@pytest.mark.parametrize("tick", [1 / 64, 1 / 32, "slower at half time"])
+def test_the_time_budget_schedule_follows_the_clock(sentence, monkeypatch, tick):
+    """train(seconds=...) on a fake clock that advances by a fixed tick per step (exact binary
+    fractions): deterministic whatever the load of the machine, and exact, so it can fail. The
+    cosine must be stretched over the steps that fit in the budget and end at its floor."""
+    import types
+
+    import utils.training as training
+
+    vocab_size, data = sentence
+    model = GPT(vocab_size, n_positions=16, d_model=32, n_layers=1, n_heads=2)
+    generator = torch.Generator().manual_seed(0)
+    clock = {"now": 0.0}
+    monkeypatch.setattr(training, "time", types.SimpleNamespace(perf_counter=lambda: clock["now"]))
+
+    def next_batch(step):
+        if tick == "slower at half time":                  # 1/64 s per step, then 1/32 after 0.25 s
+            clock["now"] += 1 / 64 if clock["now"] < 0.25 else 1 / 32
+        else:
+            clock["now"] += tick
+        return get_batch(data, 16, 8, generator)
+
+    timed = train(model, next_batch, steps=10**6, seconds=0.5, max_lr=1e-3, min_lr=1e-4, warmup=5, progress=False)
+    assert timed.seconds == 0.5
+    if tick == "slower at half time":
+        assert len(timed.steps) == 16 + 8                  # 16 steps in the first 0.25 s, 8 in the rest
+        assert timed.lrs[5] == pytest.approx(1e-3)         # warm-up done, cosine begins
+        assert all(b <= a for a, b in zip(timed.lrs[5:], timed.lrs[6:]))   # it only decays
+    else:
+        n = round(0.5 / tick)                             # steps start at 0, tick, ..., 0.5 - tick
+        assert len(timed.steps) == n
+        assert timed.lrs == pytest.approx([lr_at(s, 5, n, 1e-3, 1e-4) for s in range(n)], abs=1e-15)
+    assert timed.lrs[-1] < 1e-4 + 0.05 * (1e-3 - 1e-4)     # the last step is at the floor's doorstep
 
 
 @pytest.mark.parametrize("cls", [GPT, ModernGPT])
@@ -285,3 +460,30 @@ def test_char_tokenizer_refuses_unknown_characters():
     assert tok.decode(tok.encode("cab")) == "cab" and tok.token_id("[MASK]") == 3
     with pytest.raises(ValueError, match="not in the vocabulary"):
         tok.encode("abz")
+
+
+# ----------------------------------------------------------------------------- the release notebook
+
+
+def test_the_release_runs_top_to_bottom_with_every_exercise_unsolved(tmp_path, monkeypatch):
+    """Issue 10: Run All on the student notebook with nothing solved (FAST) has no error cell; every
+    check says "not implemented yet" and every demo says it uses the course's version. One kernel."""
+    import nbformat as nbf
+    import papermill
+
+    root = NOTEBOOK.parent.parent
+    monkeypatch.delenv("LLM_COURSE_GRADING", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("PYTHONPATH", str(root) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    out = tmp_path / "04_pretraining.ipynb"
+    papermill.execute_notebook(str(root / "notebooks" / "04_pretraining.ipynb"), str(out), parameters={"FAST": True},
+                               kernel_name="python3", cwd=str(root), progress_bar=False)
+    nb = nbf.read(out, as_version=4)
+    errors = [f"{o.get('ename')}: {o.get('evalue')}" for cell in nb.cells for o in cell.get("outputs", [])
+              if o.get("output_type") == "error"]
+    assert not errors, errors
+    text = "".join(o.get("text", "") for cell in nb.cells for o in cell.get("outputs", []))
+    for ex in ASSIGNMENT.exercises:
+        assert f"{ex.callable} is not implemented yet" in text, ex.callable
+        assert f"your {ex.callable} does not pass its self-check yet: this cell uses the course's version" in text, \
+            ex.callable

@@ -4,10 +4,11 @@ batches and the learning-rate schedule.
 Two exercises have a single right answer and an external oracle: ``causal_lm_loss`` is compared
 with ``transformers``' ``ForCausalLMLoss`` (value and gradient) and ``lr_at`` with ``transformers``'
 cosine-with-min-lr schedule. The other three are random, so each case draws many samples with
-seeded ``torch.Generator``s and a *judge* checks exact invariants on every sample (what a correct
-answer always satisfies) and statistics over all of them, with a tolerance of five standard
-deviations: a correct implementation fails a case with a probability below one in a million,
-and "one lucky sample" cannot pass.
+seeded ``torch.Generator``s and a *judge* (``autograder/oracles/pretraining.py``) checks exact
+invariants on every sample and statistics over all of them with exact binomial tail
+probabilities: a correct implementation fails a case with a probability below one in a million,
+and "one lucky sample" cannot pass. The course's versions (``reference_impl``, for demos) are in
+``utils.pretraining``.
 """
 from __future__ import annotations
 
@@ -53,6 +54,7 @@ CAUSAL_LM_LOSS = Exercise(
         Case("a bigger vocabulary", {"shape": (4, 12, 300), "padding": (0, 1, 0, 7)}, hidden=True),
     ),
     library=("ForCausalLMLoss",),
+    reference_impl="utils.pretraining:causal_lm_loss",
 )
 
 # --------------------------------------------------------------------------- pretraining.mask_tokens
@@ -108,6 +110,7 @@ MASK_TOKENS = Exercise(
         Case("15% of long rows", {"shape": (4, 256, 120), "p": 0.15}, hidden=True),
     ),
     library=("DataCollatorForLanguageModeling", "torch_mask_tokens"),
+    reference_impl="utils.pretraining:mask_tokens",
 )
 
 # --------------------------------------------------------------------------- pretraining.span_corrupt
@@ -155,6 +158,7 @@ SPAN_CORRUPT = Exercise(
         Case("long spans", {"length": 80, "density": 0.5, "span": 8.0}, hidden=True),
     ),
     library=("random_spans_noise_mask",),
+    reference_impl="utils.pretraining:span_corrupt",
 )
 
 # --------------------------------------------------------------------------- pretraining.get_batch

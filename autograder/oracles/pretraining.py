@@ -4,13 +4,23 @@
 ``lr_at`` with ``transformers``' cosine-with-min-lr schedule. ``mask_tokens``, ``span_corrupt`` and
 ``get_batch`` are random: each case draws many samples with seeded ``torch.Generator``s, and a
 *judge* checks exact invariants on every sample (what a correct answer always satisfies) and
-statistics over all of them, each test at significance ALPHA (an exact tail probability, from
-``scipy.stats``): a correct implementation fails a case with probability below one in a million,
-and "one lucky sample" cannot pass.
+statistics over all of them with exact binomial tail probabilities (``scipy.stats.binom``), the
+tests of one case Bonferroni-corrected to a total significance of ``ALPHA`` = 1e-6:
+
+* ``mask_tokens``: the number of chosen tokens, and of [MASK] / unchanged / random among them,
+  each against its exact binomial law (4 tests at ALPHA / 4);
+* ``span_corrupt``: the lengths of the first and last kept and noise spans against the exact
+  marginal law of one part of a uniform random composition (``composition_cdf``), through events
+  {length <= j} at about the quartiles (up to 12 tests);
+* ``get_batch``: how often each valid start was drawn, Binomial(windows, 1 / n_starts) (one test
+  per start).
+
+So a correct implementation fails a case with probability at most one in a million
+(``tests/test_pretraining.py`` grades the references under 1,000 secrets), and "one lucky sample"
+cannot pass.
 """
 from __future__ import annotations
 
-import functools
 import math
 
 import numpy as np
@@ -22,15 +32,23 @@ from ..manifests.pretraining import CAUSAL_LM_LOSS, GET_BATCH, LR_AT, MASK_TOKEN
 from ..spec import Detector, Oracle
 from .common import tensor as _t
 
-Z = 5.0  # tolerance of every statistical check, in standard deviations
+ALPHA = 1e-6  # per case: a correct implementation fails a case with at most this probability
 
 
+def binomial_p(k, n, p):
+    """Two-sided p-value of ``k`` successes in ``n`` Bernoulli(``p``) trials: twice the smaller exact tail.
 
+    Exact (``scipy.stats.binom``) and never below the true tail probability, so rejecting at
+    ``p_value < a`` fails a correct implementation with probability at most ``a``. Vectorised.
 
-def _within(observed: float, expected: float, n: int) -> bool:
-    """Is a frequency observed over ``n`` Bernoulli trials within Z standard deviations of ``expected``?"""
-    sigma = math.sqrt(max(expected * (1 - expected), 1e-12) / max(n, 1))
-    return abs(observed - expected) <= Z * sigma + 1e-9
+    >>> round(float(binomial_p(50, 100, 0.5)), 3), float(binomial_p(0, 100, 0.5)) < 1e-29
+    (1.0, True)
+    """
+    from scipy.stats import binom
+
+    k, n, p = np.asarray(k), np.asarray(n), np.asarray(p, dtype=float)
+    lower, upper = binom.cdf(k, n, p), binom.sf(k - 1, n, p)          # P(K <= k), P(K >= k)
+    return np.minimum(1.0, 2 * np.minimum(lower, upper))
 
 
 def _with_grad(loss_of):
@@ -113,29 +131,33 @@ def judge_mask(inputs, got):
     replaced = inp[selected]
     if ((replaced < 0) | (replaced >= V)).any():
         return "some replacements are not token ids in [0, vocab_size)", "random replacements come from torch.randint(vocab_size, ...)"
+    # Four exact binomial tests (Bonferroni: each at ALPHA / 4). Every eligible token is chosen
+    # independently with probability p; given the choice, its fate is drawn independently too.
+    level = ALPHA / 4
     eligible = int((~special).sum())
     n_selected = int(selected.sum())
-    rate = n_selected / eligible
-    if not _within(rate, p, eligible):
+    if binomial_p(n_selected, eligible, p) < level:
         hint = None
-        if _within(rate, 0.8 * p, eligible):
+        if binomial_p(n_selected, eligible, 0.8 * p) >= level:
             hint = "only the [MASK]ed 80% are labelled: the 10% random and the 10% unchanged positions are predicted too"
-        return (f"{rate:.3f} of the non-special tokens were selected, expected {p} "
-                f"(± {Z * math.sqrt(p * (1 - p) / eligible):.3f})", hint)
+        return (f"{n_selected} of {eligible} non-special tokens ({n_selected / eligible:.3f}) were selected, expected "
+                f"a fraction {p} (exact binomial test: p-value below {level:.1e})", hint)
     is_mask = replaced == mask_id
     unchanged = replaced == original[selected]
     # A random replacement is drawn from the whole vocabulary, so it may hit [MASK] or the original.
     expected = {"[MASK]": 0.8 + 0.1 / V, "unchanged": 0.1 + 0.1 / V, "random": 0.1 * (1 - 2 / V)}
-    observed = {"[MASK]": is_mask.mean(), "unchanged": (unchanged & ~is_mask).mean(), "random": (~unchanged & ~is_mask).mean()}
+    observed = {"[MASK]": int(is_mask.sum()), "unchanged": int((unchanged & ~is_mask).sum()),
+                "random": int((~unchanged & ~is_mask).sum())}
     for name, want in expected.items():
-        if not _within(float(observed[name]), want, n_selected):
+        if binomial_p(observed[name], n_selected, want) < level:
             hint = None
-            if observed["[MASK]"] > 0.99:
+            if observed["[MASK]"] == n_selected:
                 hint = "every selected token became [MASK]: BERT replaces 80% with [MASK], 10% with a random token and keeps 10%"
-            elif _within(float(observed["random"]), 0.2 * (1 - 1 / V), n_selected):
+            elif binomial_p(observed["random"], n_selected, 0.2 * (1 - 1 / V)) >= level:
                 hint = ("of the 20% not masked, half become random and half stay: draw the 50% among the remaining "
                         "positions (0.5 of 20%), not 10% of all of them")
-            return (f"of the selected tokens, {observed[name]:.3f} are {name}, expected {want:.3f}", hint)
+            return (f"of the {n_selected} selected tokens, {observed[name]} ({observed[name] / n_selected:.3f}) are "
+                    f"{name}, expected a fraction {want:.3f} (exact binomial test: p-value below {level:.1e})", hint)
     return None, None
 
 
@@ -150,20 +172,82 @@ def span_counts(length: int, noise_density: float, mean_span_length: float) -> t
     return n_noise, min(n_spans, n_noise, length - n_noise)
 
 
-def _noise_mask(length, n_noise, n_spans, rng):
-    """T5's random_spans_noise_mask in NumPy: kept and noise spans alternate, starting with kept ones."""
-    def split(total):  # total items into n_spans non-empty parts, uniformly over the compositions
-        cuts = np.sort(rng.choice(np.arange(1, total), n_spans - 1, replace=False))
-        return np.diff(np.concatenate([[0], cuts, [total]]))
-    kept, noise = split(length - n_noise), split(n_noise)
-    return np.concatenate([np.r_[np.zeros(k, bool), np.ones(n, bool)] for k, n in zip(kept, noise)])
+def composition_cdf(total: int, parts: int) -> np.ndarray:
+    """Exact law of one part of a uniformly random composition of ``total`` into ``parts`` positive parts.
+
+    Returns F with F[j] = P(part <= j), j = 0 .. total. Every part has this law (they are
+    exchangeable): P(part = j) = C(total - j - 1, parts - 2) / C(total - 1, parts - 1).
+
+    >>> composition_cdf(4, 2).tolist()     # 4 = 1+3, 2+2, 3+1: each first part has probability 1/3
+    [0.0, 0.3333333333333333, 0.6666666666666666, 1.0, 1.0]
+    """
+    if parts == 1:
+        return (np.arange(total + 1) >= total).astype(float)
+    pmf = [math.comb(total - j - 1, parts - 2) / math.comb(total - 1, parts - 1) if 1 <= j <= total - parts + 1 else 0.0
+           for j in range(total + 1)]
+    return np.minimum(np.cumsum(pmf), 1.0)
 
 
-@functools.lru_cache(maxsize=16)
-def _noise_profile(length, n_noise, n_spans):
-    """How often each position is noise under the contract (Monte Carlo, 4,000 draws, fixed seed)."""
-    rng = np.random.default_rng(0)
-    return np.mean([_noise_mask(length, n_noise, n_spans, rng) for _ in range(4_000)], axis=0)
+def _thresholds(cdf: np.ndarray) -> list[int]:
+    """Cut points j whose event {part <= j} is closest to probabilities 1/4, 1/2, 3/4 (none if degenerate)."""
+    inner = [j for j in range(len(cdf)) if 0.0 < cdf[j] < 1.0]
+    chosen = {min(inner, key=lambda j: abs(cdf[j] - q)) for q in (0.25, 0.5, 0.75)} if inner else set()
+    return sorted(chosen)
+
+
+def _span_lengths_fast(ids, enc, tgt, n_spans, sentinels):
+    """Every draw's kept and noise span lengths, (draws, n_spans) each, if every draw meets the
+    contract exactly (checked for all draws at once), else None."""
+    draws, L = len(enc), len(ids)
+    is_s, tgt_s = np.isin(enc, sentinels), np.isin(tgt, sentinels)            # (draws, W)
+    if not ((is_s.sum(1) == n_spans).all() and (tgt_s.sum(1) == n_spans + 1).all()):
+        return None
+    if not ((enc[is_s].reshape(draws, n_spans) == sentinels[:n_spans]).all()
+            and (tgt[tgt_s].reshape(draws, n_spans + 1) == sentinels[:n_spans + 1]).all()):
+        return None
+    if is_s[:, 0].any() or not is_s[:, -1].all() or (is_s[:, 1:] & is_s[:, :-1]).any():
+        return None
+    if not (tgt_s[:, 0].all() and tgt_s[:, -1].all()) or (tgt_s[:, 1:] & tgt_s[:, :-1]).any():
+        return None
+    places = np.nonzero(is_s)[1].reshape(draws, n_spans)                       # sentinel columns in enc
+    cuts = np.nonzero(tgt_s)[1].reshape(draws, n_spans + 1)                    # sentinel columns in tgt
+    kept = np.diff(np.concatenate([np.full((draws, 1), -1), places], 1), axis=1) - 1
+    noise = np.diff(cuts, axis=1) - 1
+    masks = np.repeat(np.tile([False, True], draws * n_spans), np.stack([kept, noise], 2).ravel()).reshape(draws, L)
+    rebuilt = np.empty((draws, L), enc.dtype)
+    rebuilt[masks] = tgt[~tgt_s]                                               # the spans, back in place
+    rebuilt[~masks] = enc[~is_s]                                               # the kept tokens
+    return (kept, noise) if (rebuilt == ids).all() else None
+
+
+def _first_broken_draw(ids, encoder_inputs, decoder_targets, n_spans, sentinels):
+    """(reason, hint) for the first draw that breaks the contract, checked one rule at a time."""
+    for d, (enc, tgt) in enumerate(zip(encoder_inputs, decoder_targets)):
+        is_sentinel = np.isin(enc, sentinels)
+        if not np.array_equal(enc[is_sentinel], sentinels[:n_spans]):
+            return (f"draw {d}: the sentinels in encoder_input are {enc[is_sentinel][:8].tolist()}, expected "
+                    f"{sentinels[:n_spans].tolist()}", "span i is replaced by ONE sentinel, sentinel_ids[i], in order")
+        if is_sentinel[0] or (is_sentinel[1:] & is_sentinel[:-1]).any():
+            return (f"draw {d}: two spans touch (or the first token is noise)",
+                    "kept and noise spans alternate, starting with a kept span, so spans never touch")
+        if not is_sentinel[-1]:
+            return (f"draw {d}: encoder_input ends with kept tokens",
+                    "the recipe alternates kept span 0, noise span 0, ..., kept span n-1, noise span n-1: "
+                    "the sequence starts with kept tokens and ends with noise, so encoder_input ends with a sentinel")
+        tgt_sentinel = np.isin(tgt, sentinels)
+        if not np.array_equal(tgt[tgt_sentinel], sentinels[:n_spans + 1]) or not tgt_sentinel[0] or not tgt_sentinel[-1]:
+            return (f"draw {d}: decoder_target {tgt[:12].tolist()}... does not read <s0> span0 <s1> span1 ... <s{n_spans}>",
+                    "the target is each span after its sentinel, closed by the next sentinel")
+        cuts = np.flatnonzero(tgt_sentinel)
+        spans = [tgt[a + 1:b] for a, b in zip(cuts[:-1], cuts[1:])]
+        if any(len(span) == 0 for span in spans):
+            return f"draw {d}: an empty span in decoder_target", "every noise span holds at least one token"
+        pieces = np.split(enc, np.flatnonzero(is_sentinel))  # kept span 0, then sentinel i + kept span i+1, ...
+        rebuilt = np.concatenate([pieces[0]] + [np.concatenate([span, piece[1:]]) for span, piece in zip(spans, pieces[1:])])
+        if not np.array_equal(rebuilt, ids):
+            return (f"draw {d}: putting the spans back in place of their sentinels does not give input_ids back",
+                    "the kept tokens stay in order, and each span in the target holds exactly the tokens its sentinel replaced")
+    return "the draws do not follow the contract", None
 
 
 def judge_span(inputs, got):
@@ -176,47 +260,39 @@ def judge_span(inputs, got):
         reason = expect_array(got, key, "int", (draws, width))
         if reason:
             return reason, f"{counts}: encoder_input has {L - n_noise + n_spans} ids, decoder_target {n_noise + n_spans + 1}"
-    masks = np.zeros((draws, L), bool)
-    for d, (enc, tgt) in enumerate(zip(got["encoder_input"], got["decoder_target"])):
-        is_sentinel = np.isin(enc, sentinels)
-        if not np.array_equal(enc[is_sentinel], sentinels[:n_spans]):
-            return (f"draw {d}: the sentinels in encoder_input are {enc[is_sentinel][:8].tolist()}, expected "
-                    f"{sentinels[:n_spans].tolist()}", "span i is replaced by ONE sentinel, sentinel_ids[i], in order")
-        if is_sentinel[0] or (is_sentinel[1:] & is_sentinel[:-1]).any():
-            return (f"draw {d}: two spans touch (or the first token is noise)",
-                    "kept and noise spans alternate, starting with a kept span, so spans never touch")
-        tgt_sentinel = np.isin(tgt, sentinels)
-        if not np.array_equal(tgt[tgt_sentinel], sentinels[:n_spans + 1]) or not tgt_sentinel[0] or not tgt_sentinel[-1]:
-            return (f"draw {d}: decoder_target {tgt[:12].tolist()}... does not read <s0> span0 <s1> span1 ... <s{n_spans}>",
-                    "the target is each span after its sentinel, closed by the next sentinel (T5's '<X> for inviting <Y> last <Z>')")
-        cuts = np.flatnonzero(tgt_sentinel)
-        spans = [tgt[a + 1:b] for a, b in zip(cuts[:-1], cuts[1:])]
-        if any(len(span) == 0 for span in spans):
-            return f"draw {d}: an empty span in decoder_target", "every noise span holds at least one token"
-        rebuilt, mask = [], []
-        for token in enc:
-            if token in sentinels:
-                span = spans[int(np.flatnonzero(sentinels == token)[0])]
-                rebuilt.extend(span.tolist())
-                mask.extend([True] * len(span))
-            else:
-                rebuilt.append(int(token))
-                mask.append(False)
-        if rebuilt != ids.tolist():
-            return (f"draw {d}: putting the spans back in place of their sentinels does not give input_ids back",
-                    "the kept tokens stay in order, and each span in the target holds exactly the tokens its sentinel replaced")
-        masks[d] = mask
-    distinct = len({m.tobytes() for m in masks})
-    possible = math.comb(L - n_noise - 1, n_spans - 1) * math.comb(n_noise - 1, n_spans - 1)  # all equally likely
-    expected_distinct = possible * (1 - (1 - 1 / possible) ** draws)
-    if distinct < 0.9 * expected_distinct:
-        return (f"only {distinct} different noise masks in {draws} draws",
-                "the spans must be random: draw their lengths with the generator")
-    deviation = float(np.abs(masks.mean(0) - _noise_profile(L, n_noise, n_spans)).mean())
-    sigma = math.sqrt(n_noise / L * (1 - n_noise / L) / draws)
-    if deviation > 0.8 * sigma + Z * sigma / math.sqrt(L) + 0.01:
-        return (f"where the noise falls differs from the contract's random spans (mean deviation {deviation:.3f} per position)",
-                "split the noise tokens into n_spans random non-empty lengths and the kept tokens likewise, then alternate them")
+    lengths = _span_lengths_fast(ids, got["encoder_input"], got["decoder_target"], n_spans, sentinels)
+    if lengths is None:                                      # some draw breaks the contract: find it and say how
+        reason, hint = _first_broken_draw(ids, got["encoder_input"], got["decoder_target"], n_spans, sentinels)
+        return reason, hint
+    kept_lengths, noise_lengths = lengths
+    masks = np.repeat(np.tile([False, True], draws * n_spans),                            # (draws, L)
+                      np.stack([kept_lengths, noise_lengths], 2).ravel()).reshape(draws, L)
+    # Statistics: under the contract the kept lengths are a uniform composition of L - n_noise into
+    # n_spans parts and the noise lengths one of n_noise, independent of each other and across draws.
+    # The first and last span of each kind (where the first noise starts, where the last one ends)
+    # follow `composition_cdf` exactly: a binomial test per event {length <= j}, Bonferroni.
+    events = []
+    for kind, lengths, total in (("kept", kept_lengths, L - n_noise), ("noise", noise_lengths, n_noise)):
+        cdf = composition_cdf(total, n_spans)
+        for which, column in (("first", 0), ("last", n_spans - 1)):
+            if which == "last" and n_spans == 1:
+                continue
+            for j in _thresholds(cdf):
+                events.append((f"the {which} {kind} span", j, int((lengths[:, column] <= j).sum()), cdf[j]))
+    if not events:
+        return None, None
+    level = ALPHA / len(events)
+    p_values = binomial_p([k for *_, k, _ in events], draws, [q for *_, q in events])
+    worst = int(np.argmin(p_values))
+    if p_values[worst] < level:
+        name, j, k, q = events[worst]
+        if len({m.tobytes() for m in masks}) == 1:
+            hint = "the spans must be random: draw their lengths with the generator (every draw gave the same noise mask)"
+        else:
+            hint = ("split the noise tokens into n_spans random non-empty lengths and the kept tokens likewise, each "
+                    "uniformly (n_spans - 1 distinct cut points drawn at random), then alternate them")
+        return (f"{name} had at most {j} tokens in {k} of {draws} draws; under random spans the expected fraction is "
+                f"{q:.3f} (exact binomial test: p-value {p_values[worst]:.1e} < {level:.1e})", hint)
     return None, None
 
 
@@ -248,16 +324,20 @@ def judge_batch(inputs, got):
         return "y equals x", "y holds the NEXT tokens: data[i + 1 : i + 1 + block_size]"
     if (windows + 1 >= N).any() or not np.array_equal(y, data[np.minimum(windows + 1, N - 1)]):
         return "y is not x shifted by one token", "y[b] = data[i + 1 : i + 1 + block_size], the same start i as x[b]"
+    # Every start is equally likely: the count of each is Binomial(windows, 1 / n_starts), exactly.
+    # One two-sided binomial test per start, Bonferroni over the starts.
     n_starts = N - T                                   # valid starts: 0 .. N - T - 1
     counts = np.bincount(starts, minlength=n_starts)
-    if counts[-1] == 0:
-        return (f"the last valid start ({n_starts - 1}) was never drawn in {len(starts)} windows",
-                "torch.randint's upper bound is exclusive: draw starts with torch.randint(len(data) - block_size, ...)")
-    expected = len(starts) / n_starts
-    chi2 = float(((counts - expected) ** 2 / expected).sum())
-    dof = n_starts - 1
-    if chi2 > dof + Z * math.sqrt(2 * dof):
-        return (f"the starts are not uniform (chi-square {chi2:.0f} with {dof} degrees of freedom)",
+    level = ALPHA / n_starts
+    p_values = binomial_p(counts, len(starts), 1.0 / n_starts)
+    if p_values.min() < level:
+        worst = int(np.argmin(p_values))
+        others_uniform = n_starts > 1 and binomial_p(counts[:-1], len(starts), 1.0 / (n_starts - 1)).min() >= level
+        if counts[-1] == 0 and others_uniform:
+            return (f"the last valid start ({n_starts - 1}) was never drawn in {len(starts)} windows",
+                    "torch.randint's upper bound is exclusive: draw starts with torch.randint(len(data) - block_size, ...)")
+        return (f"the starts are not uniform: start {worst} was drawn {counts[worst]} times in {len(starts)} windows, "
+                f"expected about {len(starts) / n_starts:.1f} (exact binomial test: p-value {p_values[worst]:.1e} < {level:.1e})",
                 "every start in [0, len(data) - block_size) must be equally likely")
     return None, None
 
