@@ -5,6 +5,12 @@
 tests, clears outputs and records checksums. It runs in a throw-away nbgrader course directory
 (``source/course/*.ipynb`` -> ``release/course/*.ipynb``); the result is normalised
 (no outputs, no execution counts, stable JSON) so that ``notebooks/`` diffs cleanly in git.
+
+The notebook's kernel metadata is set to exactly what JupyterLab writes when it opens a notebook
+with the course environment's ``python3`` kernel (ipykernel's kernelspec and ``language_info``):
+otherwise JupyterLab rewrites it on opening, and an untouched notebook asks to be saved when closed.
+``language_info`` carries the Python version of the course's reference environment (CI's); with
+another Python, JupyterLab still updates that one field.
 """
 from __future__ import annotations
 
@@ -21,6 +27,23 @@ import nbformat
 ROOT = Path(__file__).resolve().parent.parent
 LEAK_MARKERS = ("BEGIN SOLUTION", "END SOLUTION", "BEGIN HIDDEN TESTS", "END HIDDEN TESTS")
 
+# What JupyterLab 4 writes into a notebook's metadata on opening it with the course's python3 kernel:
+# the kernelspec of ipykernel (`jupyter kernelspec list`) and the kernel's `language_info` reply
+# (`ipykernel.ipkernel.IPythonKernel.language_info`) for the reference environment's Python.
+COURSE_PYTHON = "3.11.7"
+KERNEL_METADATA = {
+    "kernelspec": {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"},
+    "language_info": {
+        "codemirror_mode": {"name": "ipython", "version": 3},
+        "file_extension": ".py",
+        "mimetype": "text/x-python",
+        "name": "python",
+        "nbconvert_exporter": "python",
+        "pygments_lexer": "ipython3",
+        "version": COURSE_PYTHON,
+    },
+}
+
 
 def normalise(nb: nbformat.NotebookNode) -> str:
     """The notebook as the stable text we commit: no outputs, no execution counts, sorted keys."""
@@ -31,6 +54,7 @@ def normalise(nb: nbformat.NotebookNode) -> str:
         cell.metadata.pop("execution", None)
         cell.metadata.pop("papermill", None)
     nb.metadata.pop("papermill", None)
+    nb.metadata.update(json.loads(json.dumps(KERNEL_METADATA)))  # a copy: never share the constant
     return json.dumps(nb, indent=1, sort_keys=True, ensure_ascii=False) + "\n"
 
 

@@ -18,7 +18,19 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from . import assets  # noqa: E402,F401  (cheap: heavy imports happen inside its functions)
 from .core import environment_report, get_device, quiet, seed_everything  # noqa: E402
 
 __all__ = ["environment_report", "get_device", "quiet", "seed_everything"]
+
+
+def __getattr__(name: str):
+    """``utils.assets`` without ``import utils.assets``, as the notebooks write it.
+
+    Imported on first use rather than here: importing it eagerly made ``python -m utils.assets``
+    warn that ``utils.assets`` was already in ``sys.modules`` before it ran.
+    """
+    if name == "assets":
+        import importlib
+
+        return importlib.import_module(f"{__name__}.assets")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

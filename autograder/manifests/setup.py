@@ -1,7 +1,9 @@
-"""Notebook 00 - what an LLM is: next-token probabilities, greedy decoding, cosine similarity.
+"""Notebook 00 - what an LLM is: next-token probabilities, greedy decoding, the log-probability of a
+sequence, cosine similarity.
 
-Greedy decoding is graded on a tiny "bigram model" (a fixed logits table indexed by the last
-token) that the grader builds from the case inputs, so no real model is needed to grade it.
+Greedy decoding and sequence log-probabilities are graded on a tiny "bigram model" (a fixed logits
+table indexed by each position's token) that the grader builds from the case inputs, so no real
+model is needed to grade them.
 """
 from __future__ import annotations
 
@@ -79,6 +81,64 @@ GREEDY_GENERATE = Exercise(
     reference_impl="utils.lm:greedy_generate",
 )
 
+# --------------------------------------------------------------------------- setup.sequence_logprob
+
+
+def logprob_inputs(params, rng):
+    vocab, batch, t = params["V"], params["B"], params["T"]
+    inputs = {
+        "table": (params.get("scale", 2.0) * rng.standard_normal((vocab, vocab))).astype(np.float32),
+        "input_ids": rng.integers(0, vocab, size=(batch, t)).astype(np.int64),
+        "wrap": np.asarray(params.get("wrap", False)),     # the model returns an object with .logits
+    }
+    if params.get("mask") == "padding":                    # right padding: the first lengths[b] tokens are real
+        lengths = rng.integers(2, t + 1, size=batch)
+        lengths[0] = t
+        inputs["mask"] = np.arange(t)[None, :] < lengths[:, None]
+    elif params.get("mask") == "answer":                   # score only a continuation after a prompt
+        starts = rng.integers(1, t - 1, size=batch)
+        inputs["mask"] = np.arange(t)[None, :] >= starts[:, None]
+    return inputs
+
+
+def call_logprob(fn, inputs):
+    import types
+
+    import torch
+
+    table = torch.tensor(inputs["table"])
+    wrap = bool(inputs["wrap"])
+
+    def bigram_model(ids):  # (B, T) -> (B, T, V): the logits depend only on each position's token
+        if not isinstance(ids, torch.Tensor) or ids.dim() != 2:
+            raise TypeError(f"the model takes a (B, T) LongTensor of ids, got {getattr(ids, 'shape', type(ids))}")
+        logits = table[ids]
+        return types.SimpleNamespace(logits=logits) if wrap else logits
+
+    ids = torch.tensor(inputs["input_ids"])
+    if "mask" in inputs:
+        return {"logprob": fn(bigram_model, ids, mask=torch.tensor(inputs["mask"]))}
+    return {"logprob": fn(bigram_model, ids)}
+
+
+SEQUENCE_LOGPROB = Exercise(
+    id="setup.sequence_logprob",
+    callable="sequence_logprob",
+    points=3,
+    summary="sum over t >= 1 of log p(ids[t] | ids[:t]) per sequence, optionally only where mask: (B, T) -> (B,)",
+    make_inputs=logprob_inputs,
+    call=call_logprob,
+    cases=(
+        Case("one sequence", {"V": 6, "B": 1, "T": 5}),
+        Case("a batch, .logits", {"V": 10, "B": 3, "T": 7, "wrap": True}),
+        Case("right padding mask", {"V": 8, "B": 4, "T": 6, "mask": "padding"}),
+        Case("answer tokens only", {"V": 30, "B": 3, "T": 12, "mask": "answer", "wrap": True}, hidden=True),
+        Case("long, peaked", {"V": 50, "B": 2, "T": 40, "scale": 6.0}, hidden=True),
+    ),
+    library=("ForCausalLMLoss",),
+    reference_impl="utils.lm:sequence_logprob",
+)
+
 # --------------------------------------------------------------------------- setup.cosine_similarity
 
 
@@ -114,6 +174,6 @@ COSINE = Exercise(
 ASSIGNMENT = Assignment(
     notebook="00_setup",
     title="Setup and what an LLM is",
-    exercises=(NEXT_TOKEN_PROBS, GREEDY_GENERATE, COSINE),
+    exercises=(NEXT_TOKEN_PROBS, GREEDY_GENERATE, SEQUENCE_LOGPROB, COSINE),
     references=("utils.lm",),
 )

@@ -79,7 +79,7 @@ def mha_reference(inputs):
     return {"output": output}
 
 
-def _mha_variant(scale=True, no_transpose=False):
+def _mha_variant(scale=True, no_transpose=False, no_final_transpose=False):
     def produce(inputs):
         x = _t(inputs, "x")
         batch, t, d = x.shape
@@ -92,7 +92,10 @@ def _mha_variant(scale=True, no_transpose=False):
             q, k, v = (z.view(batch, t, heads, d // heads).transpose(1, 2) for z in (q, k, v))
         mask = _t(inputs, "mask") if "mask" in inputs else None
         out = _weights(q, k, mask, scale=scale) @ v                              # (B, H, T, d_head)
-        out = out.transpose(1, 2).reshape(batch, t, d)
+        if no_final_transpose:  # the same bug on the way back: (B, H, T, d_head) reshaped straight to (B, T, d)
+            out = out.reshape(batch, t, d)
+        else:
+            out = out.transpose(1, 2).reshape(batch, t, d)                          # (B, T, d)
         return {"output": out @ _t(inputs, "out_proj_weight").T + _t(inputs, "out_proj_bias")}
 
     return produce
@@ -141,6 +144,9 @@ ORACLES = {
             Detector("heads split without transpose", _mha_variant(no_transpose=True),
                      "the heads are split with a plain view to (B, H, T, d_head), which mixes positions: "
                      "view to (B, T, H, d_head) first, then transpose(1, 2)"),
+            Detector("heads merged without transpose", _mha_variant(no_final_transpose=True),
+                     "the heads' outputs (B, H, T, d_head) are reshaped straight to (B, T, d_model), which mixes "
+                     "positions and heads: transpose(1, 2) back to (B, T, H, d_head) first, then reshape"),
         ),
     ),
 }
