@@ -308,8 +308,10 @@ def generate_answers(model, tokenizer, prompts: Sequence[str], max_new_tokens: i
     return answers
 
 
-def perplexity(model, tokenizer, text: str, window: int = 256) -> float:
-    """exp(mean next-token loss) of ``text``, cut into windows of ``window`` tokens."""
+def passage_perplexity(model, tokenizer, text: str, window: int = 256) -> float:
+    """exp(mean next-token loss) of ``text``, cut into windows of ``window`` tokens, each scored on its
+    own by ``transformers``' loss: how notebook 06 sees forgetting. Notebook 08 teaches (and grades) the
+    sliding-window perplexity, where every token keeps up to a window of context."""
     import math
 
     import torch
