@@ -55,3 +55,20 @@ def tiny_notebook(tmp_path: Path, name: str, *sources: str) -> Path:
     path.write_text(json.dumps(nb), encoding="utf-8")
     return path
 
+
+def outcomes(ex, fn, public_only: bool = False) -> list[tuple[str, bool, str]]:
+    """``(case name, passed, message)`` of ``fn`` on every case of exercise ``ex`` (hidden ones too, unless
+    ``public_only``: what the self-check shows), judged as the grader judges, without a kernel."""
+    from autograder.capture import run_case
+    from autograder.compare import diagnose
+
+    results = []
+    for case in ex.public_cases() if public_only else ex.cases:
+        inputs = ex.inputs(case)
+        outputs, report = run_case(fn, ex.call, inputs)
+        if report["status"] != "ok":
+            results.append((case.name, False, report["message"]))
+            continue
+        passed, reason, hint = diagnose(ex, inputs, outputs)
+        results.append((case.name, passed, f"{reason}. Hint: {hint}"))
+    return results

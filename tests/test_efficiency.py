@@ -19,27 +19,12 @@ import pytest
 import torch
 import torch.nn as nn
 
-from autograder.capture import run_case
-from autograder.compare import diagnose
 from autograder.manifests import assignment, exercise
 from benchmarks.common import solution_namespace
 from utils import efficiency, inference, serving
+from conftest import outcomes
 
 ASSIGNMENT = assignment("09_efficiency")
-
-
-def outcomes(ex, fn):
-    """(case name, passed, message) for every case, hidden ones included, as the grader sees them."""
-    results = []
-    for case in ex.cases:
-        inputs = ex.inputs(case)
-        outputs, report = run_case(fn, ex.call, inputs)
-        if report["status"] != "ok":
-            results.append((case.name, False, report["message"]))
-            continue
-        passed, reason, hint = diagnose(ex, inputs, outputs)
-        results.append((case.name, passed, f"{reason}. Hint: {hint}"))
-    return results
 
 
 def hints(ex_id, fn):

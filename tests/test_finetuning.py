@@ -14,30 +14,15 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from autograder.capture import run_case
-from autograder.compare import diagnose
 from autograder.manifests import assignment, exercise
 from utils import adaptation
 from utils.tasks import DATE_FORMATS, date_task, exact_match, first_line, next_token_log_probs
 from utils.tasks import testament_task as make_testament_task
+from conftest import outcomes
 
 ASSIGNMENT = assignment("06_finetuning")
 REFERENCES = {"score_choices": adaptation.score_choices, "build_few_shot_prompt": adaptation.build_few_shot_prompt,
               "LoRALinear": adaptation.LoRALinear, "build_sft_labels": adaptation.build_sft_labels}
-
-
-def outcomes(ex, fn, public_only=False):
-    """(case name, passed, hint) for every case (hidden ones included unless public_only), as the grader sees them."""
-    results = []
-    for case in (ex.public_cases() if public_only else ex.cases):
-        inputs = ex.inputs(case)
-        outputs, report = run_case(fn, ex.call, inputs)
-        if report["status"] != "ok":
-            results.append((case.name, False, report["message"]))
-            continue
-        passed, reason, hint = diagnose(ex, inputs, outputs)
-        results.append((case.name, passed, hint))
-    return results
 
 
 def hints(ex_id, fn):

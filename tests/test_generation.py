@@ -13,10 +13,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from autograder.capture import run_case
 from autograder.compare import diagnose
 from autograder.manifests import assignment, exercise
-from conftest import solution_code_cells
+from conftest import outcomes, solution_code_cells
 
 ASSIGNMENT = assignment("05_generation")
 PROMPTS = ["The capital of France is", "def fibonacci(n):\n    if n < 2:\n        return n",
@@ -37,20 +36,6 @@ def solution():
     for number, source in enumerate(solution_code_cells("05_generation")):
         exec(compile(source, f"05_generation:cell{number}", "exec"), namespace)
     return namespace
-
-
-def outcomes(ex, fn, public_only=False):
-    """(case name, passed, message) for every case (hidden ones included), as the grader sees them."""
-    results = []
-    for case in ex.public_cases() if public_only else ex.cases:
-        inputs = ex.inputs(case)
-        outputs, report = run_case(fn, ex.call, inputs)
-        if report["status"] != "ok":
-            results.append((case.name, False, report["message"]))
-            continue
-        passed, reason, hint = diagnose(ex, inputs, outputs)
-        results.append((case.name, passed, f"{reason}. Hint: {hint}"))
-    return results
 
 
 # ----------------------------------------------------------------------------- utils.llama

@@ -27,6 +27,7 @@ from utils.gpt import GPT
 from utils.models import ModernGPT
 from utils.pretraining import get_batch, lr_at
 from utils.training import CharTokenizer, History, estimate_loss, orthogonalize, train
+from conftest import outcomes
 
 ASSIGNMENT = assignment("04_pretraining")
 NOTEBOOK = Path(__file__).resolve().parent.parent / "solutions" / "04_pretraining.ipynb"
@@ -46,20 +47,6 @@ def solution_namespace() -> dict:
 @pytest.fixture(scope="module")
 def solution():
     return solution_namespace()
-
-
-def outcomes(ex, fn):
-    """(case name, passed, message) for every case, hidden ones included, as the grader sees them."""
-    results = []
-    for case in ex.cases:
-        inputs = ex.inputs(case)
-        outputs, report = run_case(fn, ex.call, inputs)
-        if report["status"] != "ok":
-            results.append((case.name, False, report["message"]))
-            continue
-        passed, reason, hint = diagnose(ex, inputs, outputs)
-        results.append((case.name, passed, f"{reason}. Hint: {hint}"))
-    return results
 
 
 @pytest.mark.parametrize("secret", ["llm-course-default-secret", "a", "b", "c", "d"])

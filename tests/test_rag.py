@@ -14,12 +14,11 @@ from collections import Counter, defaultdict
 import numpy as np
 import pytest
 
-from autograder.capture import run_case
-from autograder.compare import diagnose
 from autograder.manifests import assignment, exercise
 from autograder.oracles.rag import chunk_judge
 from benchmarks.common import solution_namespace
 from utils import corpora, retrieval
+from conftest import outcomes
 
 ASSIGNMENT = assignment("07_rag")
 
@@ -27,20 +26,6 @@ ASSIGNMENT = assignment("07_rag")
 @pytest.fixture(scope="module")
 def solution():
     return solution_namespace("07_rag")
-
-
-def outcomes(ex, fn):
-    """(case name, passed, message) for every case, hidden ones included, as the grader sees them."""
-    results = []
-    for case in ex.cases:
-        inputs = ex.inputs(case)
-        outputs, report = run_case(fn, ex.call, inputs)
-        if report["status"] != "ok":
-            results.append((case.name, False, report["message"]))
-            continue
-        passed, reason, hint = diagnose(ex, inputs, outputs)
-        results.append((case.name, passed, f"{reason}. Hint: {hint}"))
-    return results
 
 
 @pytest.mark.parametrize("secret", ["llm-course-default-secret", "a", "b"])
