@@ -9,13 +9,14 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import textwrap
 import time
 from pathlib import Path
 
 from . import manifests
-from .classgrade import grade_many
+from .classgrade import course_jobs, grade_many
 from .grade import grade_notebook, record_names, where, write_record
 from .report import MARK, SUMMARY_HEADERS, html_page, markdown_table, points, summary_rows, table
 from .sandbox import Limits, isolation
@@ -80,13 +81,8 @@ def cmd_course(args) -> int:
     rows, problems = [], []
     start = time.perf_counter()
     print(f"Executing and grading {len(names)} notebook(s) with FAST=True, {args.workers} at a time ...", flush=True)
-    jobs = []
-    for name in names:
-        jobs.append(dict(path=ROOT / "solutions" / f"{name}.ipynb", assignment=name, limits=_limits(args),
-                         keep_executed=build / "executed" / f"{name}.ipynb"))
-        # The release is graded on its setup and exercise cells only: its stubs raise whatever the demos do.
-        jobs.append(dict(path=ROOT / "notebooks" / f"{name}.ipynb", assignment=name, limits=_limits(args),
-                         exercises_only=True))
+    jobs = course_jobs(names, _limits(args), build / "executed")
+
     def progress(record):
         print(f"  {record['notebook']} ({Path(record['submission']).parent.name}): "
               f"{points(record['score'])}/{points(record['max_score'])} {record['status']} in {record['seconds']:.1f} s", flush=True)
@@ -145,6 +141,9 @@ def cmd_release(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # The oracles load models in this process: no progress bars between the grader's lines.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     parser = argparse.ArgumentParser(prog="python -m autograder", description="Grade the course's notebooks.")
     sub = parser.add_subparsers(dest="command", required=True)
 

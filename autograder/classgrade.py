@@ -282,6 +282,18 @@ def grade_many(jobs: list[dict], workers: int = 2, on_done=None) -> list[dict]:
     return records
 
 
+def course_jobs(names: list[str], limits: Limits | None = None, executed: Path | None = None) -> list[dict]:
+    """What ``make course`` grades, for :func:`grade_many`: each solution (kept executed in ``executed``),
+    then its release on its setup and exercise cells (:func:`~autograder.grade.exercise_cells`: the stubs
+    raise whatever the demos do)."""
+    jobs = []
+    for name in names:
+        jobs.append(dict(path=ROOT / "solutions" / f"{name}.ipynb", assignment=name, limits=limits,
+                         keep_executed=executed / f"{name}.ipynb" if executed else None))
+        jobs.append(dict(path=ROOT / "notebooks" / f"{name}.ipynb", assignment=name, limits=limits, exercises_only=True))
+    return jobs
+
+
 def write_csv(records: list[dict], path: Path, exercise_ids: list[str]) -> None:
     with open(path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)

@@ -13,7 +13,7 @@ import sys
 import pytest
 
 from autograder import manifests
-from autograder.classgrade import grade_many
+from autograder.classgrade import course_jobs, grade_many
 from autograder.grade import grade_notebook
 
 from conftest import RELEASE, ROOT, SOLUTIONS, make_variant
@@ -26,11 +26,8 @@ def executed(tmp_path_factory):
     """Grade every solution once (keeping the executed notebook) and every release once, on its setup and
     exercise cells (the Run All tests run the whole release)."""
     out = tmp_path_factory.mktemp("executed")
-    keys, jobs = [], []
-    for name in NAMES:
-        keys += [("solution", name), ("release", name)]
-        jobs += [dict(path=SOLUTIONS / f"{name}.ipynb", keep_executed=out / f"{name}.ipynb"), dict(path=RELEASE / f"{name}.ipynb", exercises_only=True)]
-    return dict(zip(keys, grade_many(jobs, workers=2)))
+    keys = [(kind, name) for name in NAMES for kind in ("solution", "release")]
+    return dict(zip(keys, grade_many(course_jobs(NAMES, executed=out), workers=2)))
 
 
 @pytest.mark.parametrize("name", NAMES)
