@@ -413,8 +413,8 @@ ATTACK_SUCCESS_RATE = Exercise(
     make_inputs=asr_inputs,
     call=call_asr,
     cases=(
-        Case("12 attacks", {"n": 12}),
-        Case("60 attacks", {"n": 60}),
+        Case("20 attacks", {"n": 20}),
+        Case("80 attacks", {"n": 80}),
         Case("300 attacks", {"n": 300}, hidden=True),
     ),
     reference_impl="utils.evaluation:attack_success_rate",
