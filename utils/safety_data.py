@@ -231,3 +231,18 @@ def deduplicate_lines(text: str, min_chars: int = 20) -> str:
         seen.add(line)
         out.append(line)
     return "\n".join(out)
+
+
+# The canary experiment of notebook 08 (section 3) and of benchmarks/exposure.py: a small version of notebook
+# 04's char-level GPT (utils.models.ModernGPT, Muon), trained on Shakespeare with the canaries inserted.
+CANARY_SETUP = {"chars": 500_000, "repetitions": (0, 1, 4, 16, 64), "n_background": 1000,
+                "block": 64, "batch": 32, "d_model": 64, "n_layers": 2, "n_heads": 4,
+                "steps": 1000, "warmup": 100, "max_lr": 6e-3, "muon_lr": 0.03}
+
+
+def canary_corpus(text: str, setup: dict | None = None, seed: int = 0) -> tuple[str, list[Canary]]:
+    """``text`` with the canaries (each ``repetitions`` times) and the background PINs inserted: ``(corpus, canaries)``."""
+    setup = CANARY_SETUP if setup is None else setup
+    canaries, background = make_canaries(setup["repetitions"], setup["n_background"], seed=seed)
+    lines = [c.line for c in canaries for _ in range(c.repetitions)] + [b.line for b in background]
+    return insert_lines(text, lines, seed=seed), canaries

@@ -170,6 +170,7 @@ F1 = Exercise(
     make_inputs=squad_inputs,
     call=call_squad,
     cases=SQUAD_CASES,
+    builds_on=("safety.exact_match",),    # the notebook's f1 uses exact_match's normalize_answer
     reference_impl="utils.evaluation:f1",
 )
 
@@ -423,7 +424,7 @@ ATTACK_SUCCESS_RATE = Exercise(
 ASSIGNMENT = Assignment(
     notebook="08_safety",
     title="Safety, evaluation and limitations",
-    exercises=(PERPLEXITY, EXACT_MATCH, F1, BLEU, COHEN_KAPPA, ECE, CANARY_LOG_PERPLEXITY, EXPOSURE,
+    exercises=(PERPLEXITY, EXACT_MATCH, F1, BLEU, ECE, CANARY_LOG_PERPLEXITY, EXPOSURE, COHEN_KAPPA,
                ATTACK_SUCCESS_RATE),
     references=("utils.evaluation",),
 )
