@@ -141,21 +141,44 @@ def _cap_outputs(limit: int) -> None:
 class Recorder:
     """nbclient hooks: what the executor takes out of the run, and when."""
 
-    def __init__(self, fd: int, n_learner: int, captures: dict[str, tuple[str, str]], keep_notebook: bool):
+    def __init__(self, fd: int, n_learner: int, captures: dict[str, tuple[str, str]], keep_notebook: bool,
+                 started: float):
         self.fd, self.n_learner, self.captures, self.keep_notebook = fd, n_learner, captures, keep_notebook
         self.nb = None
         self.sent: set[str] = set()
+        self.clock = {"start": started}              # where the time goes (benchmarks/course_time.py)
+        self.cell_seconds: dict[int, float] = {}
 
     def on_notebook_start(self, notebook=None, **_):
         self.nb = notebook
+        self.clock["notebook"] = time.monotonic()   # the kernel is started next
 
     def on_cell_start(self, cell=None, cell_index=None, **_):
+        self.clock.setdefault("first_cell", time.monotonic())
+        self.clock["cell"] = time.monotonic()
         if cell is not None and cell.get("id") in self.captures:
             self.learner_done()  # before the grader's first cell: nothing of it is in the kernel yet
 
     def on_cell_executed(self, cell=None, cell_index=None, **_):
+        if cell_index is not None and "cell" in self.clock:
+            self.cell_seconds[cell_index] = time.monotonic() - self.clock["cell"]
         if cell is not None and cell.get("id") in self.captures:
             self.take(cell.get("id"))
+
+    def timing(self) -> dict:
+        """Seconds spent: starting the executor, starting the kernel, the learner's first code cell (the
+        imports), their other cells, the grader's cells."""
+        clock, cells = self.clock, self.cell_seconds
+        learner = [cells[i] for i in sorted(cells) if i < self.n_learner]
+        code = [i for i in sorted(cells) if i < self.n_learner and self.nb is not None
+                and "injected-parameters" not in self.nb.cells[i].metadata.get("tags", [])
+                and "parameters" not in self.nb.cells[i].metadata.get("tags", [])]
+        first = cells[code[0]] if code else 0.0
+        kernel = clock.get("kernel", clock["start"])
+        return {"executor_start": round(kernel - clock["start"], 2),
+                "kernel_start": round(clock.get("first_cell", kernel) - kernel, 2),
+                "imports_cell": round(first, 2), "learner_cells": round(sum(learner) - first, 2),
+                "grader_cells": round(sum(v for i, v in cells.items() if i >= self.n_learner), 2)}
 
     def learner_done(self) -> None:
         if "learner" in self.sent or self.nb is None:
@@ -185,8 +208,8 @@ class Recorder:
         send(self.fd, phase, read_untrusted(path, MAX_CAPTURE) or b"")
 
 
-def execute(payload: dict, fd: int) -> tuple[str, str]:
-    """Run the notebook of ``payload``; returns ``(status, message)`` for the ``end`` frame."""
+def execute(payload: dict, fd: int, started: float) -> tuple[str, str, dict]:
+    """Run the notebook of ``payload``; returns ``(status, message, timing)`` for the ``end`` frame."""
     import nbformat
     import papermill
     from nbclient.exceptions import DeadKernelError
@@ -198,6 +221,13 @@ def execute(payload: dict, fd: int) -> tuple[str, str]:
     startup = Path(os.environ["IPYTHONDIR"]) / "profile_default" / "startup"
     startup.mkdir(parents=True, exist_ok=True)
     (startup / "00-no-network.py").write_text(payload["network_guard"], encoding="utf-8")
+    fonts = Path(os.environ.get("LLM_COURSE_CACHE", "/nonexistent")) / "matplotlib"
+    if os.environ.get("MPLCONFIGDIR") and fonts.is_dir():  # the font list built by `make setup`: no rebuild per run
+        import shutil
+
+        os.makedirs(os.environ["MPLCONFIGDIR"], exist_ok=True)
+        for font_list in fonts.glob("fontlist-*.json"):
+            shutil.copyfile(font_list, Path(os.environ["MPLCONFIGDIR"]) / font_list.name)
     nb = load_notebook_node(nbformat.reads(payload["notebook"], as_version=4))  # with papermill's metadata
     if payload.get("parameters"):
         nb = parameterize_notebook(nb, payload["parameters"], kernel_name="python3", language="python")
@@ -206,10 +236,11 @@ def execute(payload: dict, fd: int) -> tuple[str, str]:
     for cell in payload["cells"]:
         nb.cells.append(nbformat.v4.new_code_cell(cell["source"], id=cell["id"]))
         captures[cell["id"]] = (cell["phase"], os.path.join(work, cell["path"]))
-    recorder = Recorder(fd, n_learner, captures, payload.get("keep_notebook", False))
+    recorder = Recorder(fd, n_learner, captures, payload.get("keep_notebook", False), started)
     cell_timeout = int(payload["cell_timeout"])
     _cap_outputs(int(payload["output_bytes"]))
     status, message = "completed", ""
+    recorder.clock["kernel"] = time.monotonic()       # papermill starts the kernel, then the notebook
     try:
         papermill.execute_notebook(
             nb, None, kernel_name="python3", progress_bar=False, cwd=work, request_save_on_cell_execute=False,
@@ -235,11 +266,12 @@ def execute(payload: dict, fd: int) -> tuple[str, str]:
     for cell_id in captures:
         if status == "completed":
             recorder.take(cell_id)
-    return status, message
+    return status, message, recorder.timing()
 
 
 def main(argv: list[str] | None = None) -> int:
     _not_dumpable()  # first: the payload below holds the hidden inputs
+    started = time.monotonic()
     parser = argparse.ArgumentParser(description="the grader's executor (runs inside the sandbox)")
     parser.add_argument("--result-fd", type=int, required=True)
     args = parser.parse_args(argv)
@@ -247,14 +279,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         payload = json.loads(sys.stdin.buffer.read())
         sys.stdin.close()
-        status, message = execute(payload, fd)
+        status, message, timing = execute(payload, fd, started)
     except Exception as exc:  # noqa: BLE001
         import traceback
 
         traceback.print_exc()  # the grader keeps the last lines of stderr
-        status, message = "failed", f"{type(exc).__name__}: {str(exc)[:500]}"
+        status, message, timing = "failed", f"{type(exc).__name__}: {str(exc)[:500]}", {}
     try:
-        send(fd, "end", json.dumps({"status": status, "message": message}).encode())
+        send(fd, "end", json.dumps({"status": status, "message": message, "timing": timing}).encode())
     except OSError:
         return 1
     return 0
@@ -273,6 +305,7 @@ class Execution:
     captures: dict = field(default_factory=dict)        # phase -> bytes (untrusted)
     sandbox: dict = field(default_factory=dict)         # what isolation applied, memory peak
     nonce: str = ""                                     # what a capture of this run must carry
+    timing: dict = field(default_factory=dict)          # seconds per stage (the executor's clock)
 
 
 def sandbox_env(cache: Path) -> dict[str, str]:
@@ -453,7 +486,10 @@ def run(nb, assignment, limits, parameters: dict | None = None, keep_executed: P
             keep_executed.write_bytes(frames["notebook"])
         end = _json(frames.get("end"), 4096)
         captures = {phase: frames[phase] for phase in ("public", "hidden") if phase in frames}
-        result = Execution("completed", seconds, "", errors, more, captures, described, nonce)
+        timing = end.get("timing") if isinstance(end.get("timing"), dict) else {}
+        timing = {str(k)[:20]: float(v) for k, v in list(timing.items())[:10] if type(v) in (int, float)}
+        timing["sandbox_and_transfer"] = round(max(0.0, seconds - sum(timing.values())), 2)
+        result = Execution("completed", seconds, "", errors, more, captures, described, nonce, timing)
         if timed_out:
             result.status, result.message = "timeout", f"the notebook ran longer than {limits.total_timeout} s and was stopped"
         elif end.get("status") == "completed":

@@ -154,7 +154,8 @@ def flags(nb: nbformat.NotebookNode, assignment: Assignment) -> list[dict]:
 
 def _record(assignment_name: str, path: Path, status: str, seconds: float, message: str,
             exercises: list[ExerciseResult], max_score: float, errors: list | None = None,
-            more_errors: int = 0, found_flags: list | None = None, sandbox: dict | None = None) -> dict:
+            more_errors: int = 0, found_flags: list | None = None, sandbox: dict | None = None,
+            timing: dict | None = None) -> dict:
     score = clamp_score(sum(e.score for e in exercises), max_score)
     record = {
         "notebook": assignment_name,
@@ -175,6 +176,8 @@ def _record(assignment_name: str, path: Path, status: str, seconds: float, messa
         record["flags"] = found_flags
     if sandbox:
         record["sandbox"] = sandbox
+    if timing:
+        record["timing"] = timing
     return record
 
 
@@ -267,7 +270,9 @@ def _grade(path: Path, assignment: str | None, limits: Limits, keep_executed: Pa
                        spec.max_score, errors, execution.more_errors, found_flags, execution.sandbox)
     report = {ex.id: _merge(ex, phases["public"][0], phases["hidden"][0]) for ex in spec.exercises}
     arrays = {**phases["public"][1], **phases["hidden"][1]}
+    compare_start = time.perf_counter()
     results = [grade_exercise(ex, report.get(ex.id), arrays) for ex in spec.exercises]
+    timing = {**execution.timing, "comparison": round(time.perf_counter() - compare_start, 2)}
     failing = {r.id for r in results if r.status != "passed"}
     callables = {ex.id: ex.callable for ex in spec.exercises}
     for ex, result in zip(spec.exercises, results):
@@ -280,8 +285,8 @@ def _grade(path: Path, assignment: str | None, limits: Limits, keep_executed: Pa
                 result.message += f" Flagged for the instructor: {flag['flag']}."
     message = "" if not errors else (f"{len(errors) + execution.more_errors} cell(s) raised an error; the first was "
                                      f"{where(errors[0])}: {errors[0]['error']}")
-    return _record(spec.notebook, path, "graded", seconds, message, results, spec.max_score, errors,
-                   execution.more_errors, found_flags, execution.sandbox)
+    return _record(spec.notebook, path, "graded", time.perf_counter() - start, message, results, spec.max_score,
+                   errors, execution.more_errors, found_flags, execution.sandbox, timing)
 
 
 def record_names(paths: list[Path]) -> dict[Path, str]:

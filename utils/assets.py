@@ -291,6 +291,18 @@ def status() -> dict[str, str]:
     return result
 
 
+def matplotlib_cache_dir() -> Path:
+    """matplotlib's font list, built once: the grader copies it into each sandbox (saves ~1 s per run)."""
+    folder = cache_dir() / "matplotlib"
+    if not list(folder.glob("fontlist-*.json")):
+        import subprocess
+
+        folder.mkdir(parents=True, exist_ok=True)
+        subprocess.run([sys.executable, "-c", "import matplotlib.font_manager"], check=True,
+                       env={**os.environ, "MPLCONFIGDIR": str(folder)}, capture_output=True)
+    return folder
+
+
 def prepare_all() -> None:
     """Prepare every asset (idempotent: a second call only checks, in well under a second)."""
     steps = [
@@ -299,6 +311,7 @@ def prepare_all() -> None:
         ("all-MiniLM-L6-v2", minilm_dir),
         ("Shakespeare", lambda: len(shakespeare_text())),
         ("KJV Bible", lambda: len(kjv_verses())),
+        ("matplotlib font list", matplotlib_cache_dir),
     ]
     for name, step in steps:
         start = time.perf_counter()
