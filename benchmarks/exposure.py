@@ -17,6 +17,7 @@ the 1-repetition one stays below 3 bits, within 5 minutes on 2 cores.
 from __future__ import annotations
 
 import math
+import random
 import time
 
 import torch
@@ -24,8 +25,11 @@ import torch
 TARGETS = {"exposure_64": (">=", 10.0), "exposure_1": ("<", 3.0), "seconds": ("<=", 300.0)}
 
 
-def run_experiment(setup: dict | None = None, seed: int = 0) -> dict:
-    """Train on the canary corpus and return each canary's rank and exposure, with timings."""
+def run_experiment(setup: dict | None = None, seed: int = 0, n_candidates: int = 10_000) -> dict:
+    """Train on the canary corpus and return each canary's rank and exposure, with timings.
+
+    ``n_candidates < 10_000`` ranks each secret among itself and ``n_candidates - 1`` other PINs drawn
+    at random (the notebook's FAST mode and the tests); the benchmark uses all 10,000."""
     from utils import assets, safety_data
     from utils.evaluation import canary_log_perplexity, exposure
     from utils.models import ModernGPT
@@ -47,12 +51,16 @@ def run_experiment(setup: dict | None = None, seed: int = 0) -> dict:
                     optimizer="muon", progress=False)
     model.eval()
     trained = time.perf_counter()
-    pins = [f"{pin:04d}" for pin in range(10_000)]
+    all_pins = [f"{pin:04d}" for pin in range(10_000)]
     results = []
     for canary in canaries:
-        ids = torch.tensor([tokenizer.encode(canary.prefix + pin) for pin in pins])            # (10000, T)
-        bits = torch.cat([canary_log_perplexity(model, chunk, 4) for chunk in ids.split(2500)])  # (10000,)
-        rank = 1 + int((bits < bits[int(canary.secret)]).sum())
+        pins = all_pins
+        if n_candidates < len(all_pins):
+            pins = [canary.secret] + random.Random(seed).sample([p for p in all_pins if p != canary.secret],
+                                                                n_candidates - 1)
+        ids = torch.tensor([tokenizer.encode(canary.prefix + pin) for pin in pins])            # (n_candidates, T)
+        bits = torch.cat([canary_log_perplexity(model, chunk, 4) for chunk in ids.split(2500)])  # (n_candidates,)
+        rank = 1 + int((bits < bits[pins.index(canary.secret)]).sum())
         results.append({"repetitions": canary.repetitions, "rank": rank,
                         "exposure": float(exposure(torch.tensor([rank]), len(pins))[0])})
     end = time.perf_counter()

@@ -21,6 +21,7 @@ is not in the course yet: lexical BM25 (``bm25s``) over short passages.
 from __future__ import annotations
 
 import csv
+import functools
 import html
 import importlib.util
 import json
@@ -109,7 +110,14 @@ class Fact:
 
 
 def factbook_capitals() -> list[Fact]:
-    """Countries of the Factbook whose capital is one plain name, with a passage from the Factbook."""
+    """Countries of the Factbook whose capital is one plain name, with a passage from the Factbook.
+
+    Read once per process (a few seconds of JSON); each call returns a new list that may be shuffled."""
+    return list(_factbook_capitals())
+
+
+@functools.lru_cache(maxsize=1)
+def _factbook_capitals() -> tuple[Fact, ...]:
     facts = []
     for path in _factbook_files():
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -122,7 +130,7 @@ def factbook_capitals() -> list[Fact]:
         first = " ".join(re.split(r"(?<=\.)\s", background)[:2])
         passage = f"{country}. Capital: {capital}. {first}"
         facts.append(Fact(country, capital, passage, fictional=False))
-    return facts
+    return tuple(facts)
 
 
 SYLLABLES = ("va", "lor", "ben", "tri", "mos", "kal", "dre", "sun", "ora", "vel", "tan", "ist", "qua", "rim", "zel",
