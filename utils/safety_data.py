@@ -11,8 +11,8 @@ fictional countries                written here by code with a fixed seed: facts
 labelled toxicity set              ``utils/data/toxicity.csv``, written for this course (CC0-1.0, see
                                    ``utils/data/README.md`` for how it was labelled)
 canaries                           ``Faker==40.54.0``: fake names with random PINs (Carlini et al., 2019)
-occupations                        ``OCCUPATIONS`` below, with the share of women from the U.S. Bureau of
-                                   Labor Statistics (see its docstring)
+occupations (in the notebook)      the 40 of WinoBias (Zhao et al., 2018), grouped as they are there by
+                                   the majority gender in U.S. Bureau of Labor Statistics data
 =================================  =====================================================================
 
 The retrieval step here (:class:`BM25Index`) is a STAND-IN for notebook 07's RAG pipeline, which
