@@ -35,13 +35,13 @@ import time
 import warnings
 from concurrent.futures import Executor, ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from . import manifests
 from .grade import _record, _zero, grade_notebook
 from .report import csv_cell, feedback_html, feedback_markdown
-from .sandbox import ROOT, Limits, isolation
+from .sandbox import ROOT, Limits, isolation, threads_per_run
 from .spec import DEFAULT_SECRET, hidden_secret
 
 RESUME = ".resume.json"  # student -> {"sha256", "grader"} of the record in DIR (the instructor's, not the students')
@@ -241,6 +241,47 @@ def run_jobs(jobs: list[Job], limits: Limits, workers: int, dask_scheduler: str 
             on_done(job, _failed(job, "its worker process died (twice, the second time alone)"))
 
 
+def _grade_one(kwargs: dict) -> dict:
+    return grade_notebook(**kwargs)
+
+
+def grade_many(jobs: list[dict], workers: int = 2, on_done=None) -> list[dict]:
+    """Grade notebooks concurrently, each in its own sandbox; returns their records in the order given.
+
+    ``jobs`` are keyword arguments of :func:`~autograder.grade.grade_notebook` (``path``, ``assignment``,
+    ``limits``, ``keep_executed``, ``parameters``). A job whose worker died gets a ``crashed`` record.
+    Two workers on two cores: while one kernel starts or waits, the other computes. ``on_done(record)``
+    is called as each finishes.
+    """
+    records: list[dict | None] = [None] * len(jobs)
+    on_done = on_done or (lambda record: None)
+    if workers <= 1 or len(jobs) <= 1:
+        for i, job in enumerate(jobs):
+            records[i] = grade_notebook(**job)
+            on_done(records[i])
+        return records
+    def shared_cores(limits: Limits | None) -> Limits:
+        limits = limits or Limits()
+        return limits if limits.threads else replace(limits, threads=threads_per_run(workers))
+
+    jobs = [{**job, "limits": shared_cores(job.get("limits"))} for job in jobs]
+    executor, _ = make_executor(workers)
+    with executor:
+        futures = {executor.submit(_grade_one, job): i for i, job in enumerate(jobs)}
+        for future in as_completed(futures):
+            i = futures[future]
+            try:
+                records[i] = future.result()
+            except Exception as exc:  # noqa: BLE001 - a dead worker: this job's record, never the batch
+                path = Path(jobs[i]["path"])
+                spec = manifests.assignment(jobs[i].get("assignment") or path.stem)
+                message = f"the grader could not grade this notebook ({type(exc).__name__}: {exc})"
+                records[i] = _record(spec.notebook, path, "crashed", 0.0, message,
+                                     _zero(spec, "error", "not graded: " + message), spec.max_score)
+            on_done(records[i])
+    return records
+
+
 def write_csv(records: list[dict], path: Path, exercise_ids: list[str]) -> None:
     with open(path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
@@ -332,6 +373,8 @@ def grade_class(submitted: Path, assignment: str, out: Path, gradebook: Path | N
     out.mkdir(parents=True, exist_ok=True)
     gradebook = gradebook or out / "gradebook.db"
     limits = limits or Limits()
+    if limits.threads is None and not dask_scheduler:   # a dask worker's machine has its own cores
+        limits = replace(limits, threads=threads_per_run(workers))
     box = isolation()
     for note in box.notes:
         log(f"sandbox: {note}")

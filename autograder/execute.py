@@ -308,11 +308,12 @@ class Execution:
     timing: dict = field(default_factory=dict)          # seconds per stage (the executor's clock)
 
 
-def sandbox_env(cache: Path) -> dict[str, str]:
+def sandbox_env(cache: Path, threads: int | None = None) -> dict[str, str]:
     """A minimal environment for the executor and the kernel: nothing of the grader's shell leaks in."""
     from .sandbox import ROOT, WORK
 
-    return {
+    threads_env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)} if threads else {}
+    return {**threads_env,
         "PATH": f"{Path(sys.executable).parent}:/usr/local/bin:/usr/bin:/bin",
         "HOME": WORK,
         "USER": "student",
@@ -403,7 +404,7 @@ def run(nb, assignment, limits, parameters: dict | None = None, keep_executed: P
         "network_guard": inspect.getsource(netguard) + "\ninstall()\n",
     }).encode()
     cache = cache_dir()
-    env = sandbox_env(cache)
+    env = sandbox_env(cache, limits.threads)
     command = [sys.executable, "-m", "autograder.execute"]
     uid = fresh_uid() if box.bwrap and box.root else None
     data_fds, group = {}, None

@@ -55,6 +55,13 @@ class Limits:
     processes: int = 512             # processes and threads of the run
     cpus: float | None = None        # CPU quota in cores (None: as many as the machine has)
     output_bytes: int = 4 * MIB      # outputs kept in the executed notebook; the rest is dropped
+    threads: int | None = None       # OpenMP/torch threads of the kernel (None: torch's default, one per core)
+
+
+def threads_per_run(workers: int) -> int:
+    """Cores shared out between runs graded at once: two runs of two threads each on two cores wait on
+    each other's threads (a SmolLM2 forward pass measured 8x slower than with one thread each)."""
+    return max(1, (os.cpu_count() or 1) // max(1, workers))
 
 
 @dataclass(frozen=True)

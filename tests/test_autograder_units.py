@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -375,3 +377,30 @@ def test_a_grader_failure_is_a_record_not_a_crash(tmp_path, monkeypatch):
                                            "outputs": [], "execution_count": None, "id": "a"}]}))
     record = grade_notebook(path)
     assert record["status"] == "crashed" and "No space left" in record["message"]
+
+
+def test_grade_many_keeps_the_order_and_reports_each_notebook_as_it_finishes(tmp_path):
+    """Two workers, bad files (no kernel needed): every job gets its own record, in the order given."""
+    from autograder.classgrade import grade_many
+
+    broken = tmp_path / "01_attention.ipynb"
+    broken.write_text("{not json", encoding="utf-8")
+    empty = tmp_path / "02_transformer.ipynb"
+    empty.write_bytes(b"")
+    seen = []
+    records = grade_many([dict(path=broken), dict(path=empty), dict(path=tmp_path / "missing.ipynb", assignment="00_setup")],
+                         workers=2, on_done=seen.append)
+    assert [r["notebook"] for r in records] == ["01_attention", "02_transformer", "00_setup"]
+    assert [r["status"] for r in records] == ["invalid"] * 3
+    assert sorted(r["notebook"] for r in seen) == sorted(r["notebook"] for r in records)
+
+
+def test_runs_graded_at_once_share_the_cores_out():
+    from autograder.execute import sandbox_env
+    from autograder.sandbox import threads_per_run
+
+    assert threads_per_run(1) == (os.cpu_count() or 1)
+    assert threads_per_run(64) == 1
+    env = sandbox_env(Path("/cache"), threads=1)
+    assert env["OMP_NUM_THREADS"] == env["MKL_NUM_THREADS"] == "1"
+    assert "OMP_NUM_THREADS" not in sandbox_env(Path("/cache"))

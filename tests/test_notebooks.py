@@ -13,6 +13,7 @@ import sys
 import pytest
 
 from autograder import manifests
+from autograder.classgrade import grade_many
 from autograder.grade import grade_notebook
 
 from conftest import RELEASE, ROOT, SOLUTIONS, make_variant
@@ -22,13 +23,14 @@ NAMES = sorted(manifests.ASSIGNMENTS)
 
 @pytest.fixture(scope="session")
 def executed(tmp_path_factory):
-    """Grade every solution once (keeping the executed notebook) and every release once."""
+    """Grade every solution once (keeping the executed notebook) and every release once, on its setup and
+    exercise cells (the Run All tests run the whole release)."""
     out = tmp_path_factory.mktemp("executed")
-    results = {}
+    keys, jobs = [], []
     for name in NAMES:
-        results[("solution", name)] = grade_notebook(SOLUTIONS / f"{name}.ipynb", keep_executed=out / f"{name}.ipynb")
-        results[("release", name)] = grade_notebook(RELEASE / f"{name}.ipynb")
-    return results
+        keys += [("solution", name), ("release", name)]
+        jobs += [dict(path=SOLUTIONS / f"{name}.ipynb", keep_executed=out / f"{name}.ipynb"), dict(path=RELEASE / f"{name}.ipynb", exercises_only=True)]
+    return dict(zip(keys, grade_many(jobs, workers=2)))
 
 
 @pytest.mark.parametrize("name", NAMES)

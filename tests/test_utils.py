@@ -131,3 +131,16 @@ def test_heatmap_with_and_without_labels():
     ax = plotting.heatmap(torch.randn(32, 50), "positions", xlabel="position", ylabel="dimension", center=True)
     low, high = ax.images[0].get_clim()
     assert low == -high and ax.get_xlabel() == "position"
+
+
+def test_quiet_does_not_import_transformers_but_silences_it_when_imported_later():
+    """quiet() is in every notebook's first cell: importing transformers there would cost seconds."""
+    import subprocess
+    import sys
+
+    code = ("import os, sys; os.environ.pop('TRANSFORMERS_VERBOSITY', None); os.environ.pop('HF_HUB_DISABLE_PROGRESS_BARS', None)\n"
+            "import utils; utils.quiet(); assert 'transformers' not in sys.modules\n"
+            "from transformers.utils import logging as l; import logging\n"
+            "print(l.get_verbosity() == logging.ERROR, l.is_progress_bar_enabled())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.split() == ["True", "False"], out.stderr[-2000:]

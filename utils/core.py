@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import sys
 import warnings
 
 import numpy as np
@@ -41,18 +42,21 @@ def get_device(prefer: str | None = None) -> torch.device:
 
 
 def quiet() -> None:
-    """Silence the warnings and progress bars of libraries, so graded output stays readable."""
+    """Silence the warnings and progress bars of libraries, so graded output stays readable.
+
+    transformers is not imported for this (it takes seconds, and notebooks 00-04 never need it): the
+    environment variables below are read when it is first imported; if it already is, it is told directly.
+    """
     warnings.filterwarnings("ignore")
     for name in ("transformers", "sentence_transformers", "accelerate", "huggingface_hub"):
         logging.getLogger(name).setLevel(logging.ERROR)
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    try:
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # transformers' own bars follow the hub's
+    if "transformers" in sys.modules:
         from transformers.utils import logging as hf_logging
 
         hf_logging.set_verbosity_error()
         hf_logging.disable_progress_bar()
-    except ImportError:  # transformers is optional for the smallest helpers
-        pass
 
 
 def environment_report(show: bool = True) -> dict:

@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 from ..spec import Assignment, Exercise
-from . import attention, pretraining, safety, setup, tokenization, transformer
+from . import attention, efficiency, generation, pretraining, rag, safety, setup, tokenization, transformer
 
 ASSIGNMENTS: dict[str, Assignment] = {
-    module.ASSIGNMENT.notebook: module.ASSIGNMENT for module in (setup, attention, transformer, tokenization, pretraining, safety)
+    module.ASSIGNMENT.notebook: module.ASSIGNMENT for module in (
+        setup, attention, transformer, tokenization, pretraining, generation, rag, safety, efficiency,
+    )
 }
 
 

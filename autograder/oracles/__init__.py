@@ -6,10 +6,12 @@ kernel; the learner's self-check imports it in their own Jupyter, where nothing 
 from __future__ import annotations
 
 from ..spec import Oracle
-from . import attention, pretraining, safety, setup, tokenization, transformer
+from . import attention, efficiency, generation, pretraining, rag, safety, setup, tokenization, transformer
 
 ORACLES: dict[str, Oracle] = {}
-for _module in (setup, attention, transformer, tokenization, pretraining, safety):
+for _module in (
+    setup, attention, transformer, tokenization, pretraining, generation, rag, safety, efficiency,
+):
     ORACLES.update(_module.ORACLES)
 
 
