@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 from ..spec import Assignment, Exercise
-from . import attention, efficiency, finetuning, generation, pretraining, rag, setup, tokenization, transformer
+from . import attention, efficiency, finetuning, generation, pretraining, rag, safety, setup, tokenization, transformer
 
 ASSIGNMENTS: dict[str, Assignment] = {
     module.ASSIGNMENT.notebook: module.ASSIGNMENT for module in (
-        setup, attention, transformer, tokenization, pretraining, generation, finetuning, rag, efficiency,
+        setup, attention, transformer, tokenization, pretraining, generation, finetuning, rag, safety, efficiency,
     )
 }
 

@@ -6,11 +6,11 @@ kernel; the learner's self-check imports it in their own Jupyter, where nothing 
 from __future__ import annotations
 
 from ..spec import Oracle
-from . import attention, efficiency, finetuning, generation, pretraining, rag, setup, tokenization, transformer
+from . import attention, efficiency, finetuning, generation, pretraining, rag, safety, setup, tokenization, transformer
 
 ORACLES: dict[str, Oracle] = {}
 for _module in (
-    setup, attention, transformer, tokenization, pretraining, generation, finetuning, rag, efficiency,
+    setup, attention, transformer, tokenization, pretraining, generation, finetuning, rag, safety, efficiency,
 ):
     ORACLES.update(_module.ORACLES)
 
