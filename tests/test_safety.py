@@ -17,26 +17,12 @@ import numpy as np
 import pytest
 import torch
 
-from autograder.capture import run_case
-from autograder.compare import diagnose
 from autograder.manifests import assignment, exercise
 from utils import evaluation
 
+from conftest import outcomes
+
 ASSIGNMENT = assignment("08_safety")
-
-
-def outcomes(ex, fn):
-    """(case name, passed, message) for every case, hidden ones included, as the grader sees them."""
-    results = []
-    for case in ex.cases:
-        inputs = ex.inputs(case)
-        outputs, report = run_case(fn, ex.call, inputs)
-        if report["status"] != "ok":
-            results.append((case.name, False, report["message"]))
-            continue
-        passed, reason, hint = diagnose(ex, inputs, outputs)
-        results.append((case.name, passed, f"{reason}. Hint: {hint}"))
-    return results
 
 
 @pytest.mark.parametrize("secret", ["llm-course-default-secret", "another course"])
