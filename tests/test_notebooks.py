@@ -2,14 +2,19 @@
 
 Each graded run starts a kernel (~2 s) and most load SmolLM2 (~5 s), so this file keeps their
 number small: one run per solution, one per student release, two deliberately wrong
-submissions of notebook 01 and one each of notebooks 02 and 03.
+submissions of notebook 01 and one each of notebooks 02 and 03. Every student release also runs
+top to bottom once as a learner's Run All (FAST, outside grading), two notebooks at a time.
 """
 from __future__ import annotations
 
 import json
+import os
+import re
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
+import nbformat
 import pytest
 
 from autograder import manifests
@@ -21,13 +26,20 @@ from conftest import RELEASE, ROOT, SOLUTIONS, make_variant
 NAMES = sorted(manifests.ASSIGNMENTS)
 
 
+def selected(request, fixture: str) -> list[str]:
+    """The notebooks of the selected tests that use ``fixture`` (``pytest -k 05`` runs 05 only)."""
+    return sorted({item.callspec.params["name"] for item in request.session.items
+                   if fixture in getattr(item, "fixturenames", ()) and "name" in getattr(getattr(item, "callspec", None), "params", {})})
+
+
 @pytest.fixture(scope="session")
-def executed(tmp_path_factory):
+def executed(tmp_path_factory, request):
     """Grade every solution once (keeping the executed notebook) and every release once, on its setup and
     exercise cells (the Run All tests run the whole release)."""
     out = tmp_path_factory.mktemp("executed")
-    keys = [(kind, name) for name in NAMES for kind in ("solution", "release")]
-    return dict(zip(keys, grade_many(course_jobs(NAMES, executed=out), workers=2)))
+    names = selected(request, "executed")
+    keys = [(kind, name) for name in names for kind in ("solution", "release")]
+    return dict(zip(keys, grade_many(course_jobs(names, executed=out), workers=2)))
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -48,6 +60,49 @@ def test_student_release_scores_zero_with_a_message_per_exercise(executed, name)
     assert ids == [ex.id for ex in manifests.assignment(name).exercises]
     for exercise in record["exercises"]:
         assert exercise["status"] == "missing" and "NotImplementedError" in exercise["message"], exercise
+
+
+# What a learner's Run All must print beyond the notices, per notebook (cells that are easy to break).
+RUN_ALL_EXTRAS = {"09_efficiency": ("a bad body: 400", "still serving", "server stopped")}
+
+
+@pytest.fixture(scope="session")
+def run_all(tmp_path_factory, request):
+    """Every release with nothing solved, Run All in FAST as a learner runs it (papermill, not graded),
+    two at a time with one thread each; the executed notebooks (or papermill's error) by name."""
+    out = tmp_path_factory.mktemp("run_all")
+    env = {k: v for k, v in os.environ.items() if k != "LLM_COURSE_GRADING"}
+    env.update(HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT) + os.pathsep + env.get("PYTHONPATH", ""))
+
+    def run(name):
+        done = subprocess.run([sys.executable, "-m", "papermill", str(RELEASE / f"{name}.ipynb"), str(out / f"{name}.ipynb"),
+                               "-p", "FAST", "True", "-k", "python3", "--cwd", str(ROOT), "--no-progress-bar"],
+                              capture_output=True, text=True, env=env, timeout=1200)
+        return done.stderr[-3000:] if done.returncode else nbformat.read(out / f"{name}.ipynb", as_version=4)
+
+    names = selected(request, "run_all")
+    with ThreadPoolExecutor(2) as pool:
+        return dict(zip(names, pool.map(run, names)))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_fresh_release_runs_top_to_bottom_with_every_exercise_unsolved(run_all, name):
+    """Never block a learner: no error cell; every check says "not implemented yet"; every demo that
+    uses an exercise (``use("id", ...)``) says it falls back to the course's version."""
+    nb = run_all[name]
+    assert not isinstance(nb, str), nb
+    errors = [f"{o.get('ename')}: {o.get('evalue')}" for c in nb.cells for o in c.get("outputs", [])
+              if o.get("output_type") == "error"]
+    assert not errors, errors
+    text = "".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", []) if o.get("output_type") == "stream")
+    source = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
+    used = set(re.findall(r"""use\(\s*["']([\w.]+)["']""", source))
+    for ex in manifests.assignment(name).exercises:
+        assert f"{ex.callable} is not implemented yet" in text, ex.callable
+        if ex.id in used:
+            assert f"your {ex.callable} does not pass its self-check yet" in text, ex.callable
+    for line in RUN_ALL_EXTRAS.get(name, ()):
+        assert line in text, line
 
 
 UNSCALED_SDPA = '''
