@@ -254,8 +254,12 @@ def bwrap_argv(box: Isolation, limits: Limits, hidden_modules: tuple[str, ...], 
     ``data_fds`` maps a file inside the sandbox to a readable file descriptor holding its bytes.
     """
     size = str(limits.tmpfs_bytes)
-    argv = [box.bwrap, *_system_view()]
-    made: set[str] = {"/", "/usr", "/etc"}
+    # The private /proc, /dev, /tmp and /dev/shm first: a course, a venv or assets kept under /tmp
+    # (a CI checkout, say) are then bound on top of the empty /tmp instead of being hidden by it.
+    argv = [box.bwrap, *_system_view(), "--proc", "/proc", "--dev", "/dev",
+            "--perms", "1777", "--size", size, "--tmpfs", "/tmp",
+            "--perms", "1777", "--size", size, "--tmpfs", "/dev/shm"]
+    made: set[str] = {"/", "/usr", "/etc", "/proc", "/dev", "/tmp", "/dev/shm"}
 
     def bind(path: str) -> None:  # bubblewrap would create the missing parents with mode 0700
         parents = [str(p) for p in reversed(Path(path).parents) if str(p) not in made]
@@ -272,10 +276,7 @@ def bwrap_argv(box: Isolation, limits: Limits, hidden_modules: tuple[str, ...], 
         bind(str(path))
     if assets.is_dir():
         bind(str(assets))
-    argv += ["--proc", "/proc", "--dev", "/dev",
-             "--perms", "1777", "--size", size, "--tmpfs", "/tmp",
-             "--perms", "1777", "--size", size, "--tmpfs", "/dev/shm",
-             "--perms", "0755", "--dir", str(Path(WORK).parent),
+    argv += ["--perms", "0755", "--dir", str(Path(WORK).parent),
              "--perms", "1777", "--size", size, "--tmpfs", WORK,
              "--chdir", WORK, *_namespaces(), *_privileges(uid)]
     return argv

@@ -103,3 +103,22 @@ def test_without_a_sandbox_the_grader_still_grades_and_says_so(tmp_path, monkeyp
     assert "network access is disabled" in record["cell_errors"][0]["error"]
     assert {e["id"]: e["status"] for e in record["exercises"]}["attention.causal_mask"] == "passed"
     assert record["sandbox"]["complete"] is False and "bubblewrap is not installed" in record["sandbox"]["notes"]
+
+
+def test_paths_under_tmp_are_bound_over_the_private_tmp(tmp_path):
+    """A CI checkout, venv or asset cache under /tmp must stay visible: the private /tmp is mounted
+    first and they are bound on top of it (bubblewrap applies its arguments in order)."""
+    from pathlib import Path
+
+    box = sandbox.isolation()
+    if not box.bwrap:
+        pytest.skip("bubblewrap is not installed")
+    assets = Path("/tmp") / tmp_path.name
+    assets.mkdir(exist_ok=True)
+    try:
+        argv = sandbox.bwrap_argv(box, Limits(), (), assets, None, {})
+    finally:
+        assets.rmdir()
+    tmpfs = next(i for i in range(len(argv) - 1) if argv[i] == "--tmpfs" and argv[i + 1] == "/tmp")
+    bound = next(i for i in range(len(argv) - 1) if argv[i] == "--ro-bind" and argv[i + 1] == str(assets))
+    assert tmpfs < bound
