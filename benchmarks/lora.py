@@ -42,7 +42,7 @@ def run() -> dict:
     from peft import LoraConfig, get_peft_model
 
     from utils.assets import load_smollm2
-    from utils.tasks import add_adapters, count_parameters, date_task, exact_match, generate_answers, sft_loss
+    from utils.tasks import add_adapters, count_parameters, date_task, exact_match_rate, generate_answers, sft_loss
     from utils.training import adamw, train
 
     c = CONFIG
@@ -57,7 +57,7 @@ def run() -> dict:
         shots = [(e.input, e.output) for e in task.pool[:k]]
         prompts = [build_few_shot_prompt(shots, e.input, task.template, task.instruction) for e in task.test]
         start = time.perf_counter()
-        few_shot[k] = {"exact_match": exact_match(generate_answers(model, tokenizer, prompts), answers),
+        few_shot[k] = {"exact_match": exact_match_rate(generate_answers(model, tokenizer, prompts), answers),
                        "seconds": time.perf_counter() - start,
                        "prompt_tokens": len(tokenizer(prompts[0])["input_ids"])}
     best_k = max(few_shot, key=lambda k: few_shot[k]["exact_match"])
@@ -72,7 +72,7 @@ def run() -> dict:
     start = time.perf_counter()
     predictions = generate_answers(model, tokenizer, [task.prompt(e.input) for e in task.test])
     lora_seconds_eval = time.perf_counter() - start
-    lora_em = exact_match(predictions, answers)
+    lora_em = exact_match_rate(predictions, answers)
 
     # One training step, ours against peft's, same base weights, same batch, same optimizer.
     _, base = load_smollm2()

@@ -101,7 +101,7 @@ def _generation(test, hybrid, dense, chunks):
     import torch
 
     from utils.assets import load_smollm2
-    from utils.corpora import contains_answer, exact_match, extract_answer
+    from utils.corpora import contains_answer, exact_match_any, extract_answer
     from utils.retrieval import build_rag_prompt, recall_at_k
 
     tokenizer, model = load_smollm2()
@@ -133,7 +133,7 @@ def _generation(test, hybrid, dense, chunks):
     closed, rag = respond(closed_prompts), respond(rag_prompts)
     seconds = time.perf_counter() - start
     rag_dense, oracle = respond(dense_prompts), respond(oracle_prompts)   # where the loss is: retrieval or reading
-    def score(answers, metric=exact_match):
+    def score(answers, metric=exact_match_any):
         return float(np.mean([metric(extract_answer(a), test[i]["answers"]) for a, i in zip(answers, rows)]))
 
     return {"closed_book_exact_match": score(closed), "rag_exact_match": score(rag),

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from autograder.manifests import assignment, exercise
 from utils import adaptation
-from utils.tasks import DATE_FORMATS, date_task, exact_match, first_line, next_token_log_probs
+from utils.tasks import DATE_FORMATS, date_task, exact_match_rate, first_line, next_token_log_probs
 from utils.tasks import testament_task as make_testament_task
 from conftest import outcomes
 
@@ -256,7 +256,7 @@ def test_date_task_answers_are_the_dates_written_and_splits_share_no_date():
                 assert datetime.datetime.strptime(example.input, pattern).date() == date
     outputs = [{e.output for e in split} for split in (task.train, task.test, task.pool)]
     assert not (outputs[0] & outputs[1]) and not (outputs[1] & outputs[2])
-    assert exact_match([" 1987-03-05\nDate:"], ["1987-03-05"]) == 1.0 and first_line("\n x \n") == "x"
+    assert exact_match_rate([" 1987-03-05\nDate:"], ["1987-03-05"]) == 1.0 and first_line("\n x \n") == "x"
 
 
 def test_cached_prefix_scoring_equals_score_choices_for_one_token_labels():

@@ -226,10 +226,10 @@ def first_line(text: str) -> str:
     return text.strip().split("\n")[0].strip()
 
 
-def exact_match(predictions: Sequence[str], answers: Sequence[str]) -> float:
+def exact_match_rate(predictions: Sequence[str], answers: Sequence[str]) -> float:
     """Fraction of predictions whose first line equals the answer exactly.
 
-    >>> exact_match(["1987-03-05\\n", "1987-3-5"], ["1987-03-05", "1987-03-05"])
+    >>> exact_match_rate(["1987-03-05\\n", "1987-3-5"], ["1987-03-05", "1987-03-05"])
     0.5
     """
     if len(predictions) != len(answers):
