@@ -364,40 +364,14 @@ def logits_inputs(params, rng):
     return inputs
 
 
-def call_top_k(fn, inputs):
+def call_filter(fn, inputs):
+    """Top-k, top-p and min-p: ``fn(logits, k | p | min_p)``, whichever of the three the case carries."""
     import torch
 
     logits = torch.tensor(inputs["logits"])
     original = logits.clone()
-    out = fn(logits, int(inputs["k"]))
-    if not torch.equal(logits, original):
-        raise ValueError("the logits were changed in place: return a new tensor (masked_fill, not masked_fill_)")
-    if not isinstance(out, torch.Tensor):
-        raise TypeError(f"return the filtered logits as a tensor (B, V), got {type(out).__name__}")
-    removed = out == float("-inf")                                   # exactly -inf: -1e9 or NaN is not removed
-    return {"removed": removed, "logits": out.masked_fill(removed, 0.0)}
-
-
-def call_top_p(fn, inputs):
-    import torch
-
-    logits = torch.tensor(inputs["logits"])
-    original = logits.clone()
-    out = fn(logits, float(inputs["p"]))
-    if not torch.equal(logits, original):
-        raise ValueError("the logits were changed in place: return a new tensor (masked_fill, not masked_fill_)")
-    if not isinstance(out, torch.Tensor):
-        raise TypeError(f"return the filtered logits as a tensor (B, V), got {type(out).__name__}")
-    removed = out == float("-inf")                                   # exactly -inf: -1e9 or NaN is not removed
-    return {"removed": removed, "logits": out.masked_fill(removed, 0.0)}
-
-
-def call_min_p(fn, inputs):
-    import torch
-
-    logits = torch.tensor(inputs["logits"])
-    original = logits.clone()
-    out = fn(logits, float(inputs["min_p"]))
+    argument = int(inputs["k"]) if "k" in inputs else float(inputs["p"] if "p" in inputs else inputs["min_p"])
+    out = fn(logits, argument)
     if not torch.equal(logits, original):
         raise ValueError("the logits were changed in place: return a new tensor (masked_fill, not masked_fill_)")
     if not isinstance(out, torch.Tensor):
@@ -423,7 +397,7 @@ TOP_K = Exercise(
     points=2,
     summary="keep each row's k largest logits (and ties with the k-th), -inf elsewhere",
     make_inputs=logits_inputs,
-    call=call_top_k,
+    call=call_filter,
     atol=0.0,
     rtol=0.0,
     cases=(
@@ -442,7 +416,7 @@ TOP_P = Exercise(
     points=3,
     summary="nucleus: keep the most probable tokens until their probability reaches p (at least one), -inf elsewhere",
     make_inputs=logits_inputs,
-    call=call_top_p,
+    call=call_filter,
     atol=0.0,
     rtol=0.0,
     cases=(
@@ -461,7 +435,7 @@ MIN_P = Exercise(
     points=2,
     summary="keep tokens with probability >= min_p * (the top token's probability), -inf elsewhere",
     make_inputs=logits_inputs,
-    call=call_min_p,
+    call=call_filter,
     atol=0.0,
     rtol=0.0,
     cases=(
