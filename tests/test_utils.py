@@ -75,6 +75,20 @@ def test_smollm2_is_pretrained_not_random():
     assert sum(p.numel() for p in model.parameters()) == 134_515_008
 
 
+def test_prepared_assets_are_readable_by_the_graders_fresh_uids(tmp_path):
+    """The grader runs every notebook as a fresh uid: an asset readable by its owner only (as
+    save_pretrained writes model.safetensors) would be missing inside the sandbox."""
+    unreadable = [str(p) for p in [assets.cache_dir(), *assets.cache_dir().rglob("*")]
+                  if p.stat().st_mode & 0o444 != 0o444 or (p.is_dir() and p.stat().st_mode & 0o111 != 0o111)]
+    assert not unreadable, unreadable
+    private = tmp_path / "folder" / "model.safetensors"
+    private.parent.mkdir(mode=0o700)
+    private.write_bytes(b"x")
+    private.chmod(0o600)
+    assets.world_readable(tmp_path)
+    assert private.stat().st_mode & 0o777 == 0o644 and private.parent.stat().st_mode & 0o777 == 0o755
+
+
 def test_shakespeare_has_tiny_shakespeare_format():
     text = assets.shakespeare_text()
     assert len(text) > 4_000_000

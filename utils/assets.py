@@ -117,6 +117,7 @@ def smollm2_dir(prepare: bool = True) -> Path:
         import shutil
 
         shutil.rmtree(target)
+    world_readable(partial)
     partial.rename(target)  # atomic: an interrupted conversion never looks finished
     return target
 
@@ -317,7 +318,18 @@ def prepare_all() -> None:
         start = time.perf_counter()
         step()
         print(f"  {name:<24} ready ({time.perf_counter() - start:.1f} s)", flush=True)
+    world_readable(cache_dir())
     print(f"Assets ready in {cache_dir()}")
+
+
+def world_readable(folder: Path) -> None:
+    """Let every user read the prepared assets: the grader runs each notebook as a fresh uid, and some
+    writers (``save_pretrained``'s safetensors, here) create their files readable by the owner only."""
+    for path in [folder, *folder.rglob("*")]:
+        mode = path.stat().st_mode
+        wanted = mode | (0o555 if path.is_dir() else 0o444)
+        if mode != wanted:
+            path.chmod(wanted)
 
 
 def main(argv: list[str] | None = None) -> int:
