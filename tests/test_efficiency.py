@@ -315,7 +315,39 @@ def test_completions_json_stream_and_batches_agree(server_model, tokenizer):
         stats = httpx.get(f"{server.url}/stats", timeout=10).json()
     assert stats["largest_batch"] >= 2, stats                    # they were decoded together ...
     assert results["The king said"]["choices"][0]["text"] == answer["choices"][0]["text"]   # ... as if alone
-    assert not server.thread.is_alive()
+
+@pytest.mark.parametrize("continuous", [True, False])
+def test_a_request_that_arrives_mid_batch_joins_it_and_decodes_as_if_alone(server_model, tokenizer, continuous):
+    """Continuous batching: the newcomers' cache rows are left-padded to the running length (a longer
+    and a shorter prompt than the running one); their greedy text must not change. Static batching
+    (``continuous=False``) makes them wait until the running batch ends."""
+    newcomers = ["a much longer prompt than the running one, so the running rows get padded", "y"]
+    with serving.LocalServer(server_model, tokenizer, max_batch_size=4, max_wait_ms=1, max_tokens_limit=5000,
+                             continuous=continuous) as server:
+        alone = {p: serving.complete(server.url, p, max_tokens=6)["choices"][0]["text"] for p in newcomers}
+        results = {}
+        with httpx.stream("POST", f"{server.url}/v1/completions", timeout=60,
+                          json={"prompt": "The king said", "max_tokens": 4000, "stream": True}) as response:
+            lines = response.iter_lines()
+            next(lines)                                             # the long request is decoding now
+            threads = [threading.Thread(target=lambda p=p: results.__setitem__(
+                p, serving.complete(server.url, p, max_tokens=6)["choices"][0]["text"])) for p in newcomers]
+            for thread in threads:
+                thread.start()
+            deadline = time.monotonic() + 30
+            while len(results) < 2 and time.monotonic() < deadline and (continuous or
+                    httpx.get(f"{server.url}/stats", timeout=10).json()["pending"] < 3):
+                time.sleep(0.05)
+            during = httpx.get(f"{server.url}/stats", timeout=10).json()
+            answered_during = dict(results)
+        for thread in threads:                                      # the long stream is closed: they run now
+            thread.join(60)
+    if continuous:
+        assert during["joined"] == 2 and during["largest_batch"] >= 2, during
+        assert answered_during == alone                             # answered while the long one ran
+    else:
+        assert during["joined"] == 0 and during["largest_batch"] == 1 and not answered_during, during
+    assert results == alone
 
 
 def test_bad_bodies_get_a_400_that_names_the_field_and_the_server_goes_on(server_model, tokenizer):

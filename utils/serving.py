@@ -13,9 +13,12 @@ What a serving engine does, in one file:
 * **dynamic batching**: one worker thread owns the model. It takes the oldest request, waits up to
   ``max_wait_ms`` for more, and decodes up to ``max_batch_size`` of them together: one forward
   pass per step for the whole batch, left-padded prompts, one KV cache. A decode step reads every
-  weight once whatever the batch, so a batch of 16 costs far less than 16 single steps. Requests
-  that arrive while a batch runs wait for the next one (engines such as vLLM also let them join a
-  running batch: *continuous batching*). ``max_batch_size=1`` is the one-at-a-time server.
+  weight once whatever the batch, so a batch of 16 costs far less than 16 single steps.
+* **continuous batching** (Yu et al., 2022, *Orca*; vLLM): before every step, requests that arrived
+  while the batch was running are prefilled and *join* it, as long as there is room: their cache
+  rows are left-padded to the running length (the padding masked out), so nobody waits for a whole
+  batch to finish. Finished requests leave the batch at once. ``continuous=False`` is static
+  batching (a batch runs to its end); ``max_batch_size=1`` is the one-at-a-time server.
 
 The server runs in a thread of the process that owns the model (a notebook's kernel), on a free
 port of 127.0.0.1 only: :class:`LocalServer` starts it, waits until it answers, and stops it,
@@ -62,14 +65,16 @@ class BatchingEngine:
     """Owns the model; decodes queued requests in batches of up to ``max_batch_size`` in a worker thread."""
 
     def __init__(self, model, tokenizer, max_batch_size: int = 8, max_wait_ms: float = 20.0,
-                 max_pending: int = 64, max_tokens_limit: int = 256, max_prompt_tokens: int = 512):
+                 max_pending: int = 64, max_tokens_limit: int = 256, max_prompt_tokens: int = 512,
+                 continuous: bool = True):
         self.model, self.tokenizer = model, tokenizer
         self.max_batch_size, self.max_wait = max_batch_size, max_wait_ms / 1000
+        self.continuous = continuous
         self.max_pending, self.max_tokens_limit, self.max_prompt_tokens = max_pending, max_tokens_limit, max_prompt_tokens
         self.queue: "queue.Queue[Request | None]" = queue.Queue()
         self.slots = threading.BoundedSemaphore(max_pending)
         self.stats = {"requests": 0, "rejected": 0, "cancelled": 0, "batches": 0, "largest_batch": 0,
-                      "tokens": 0, "busy_seconds": 0.0}
+                      "joined": 0, "tokens": 0, "busy_seconds": 0.0}
         self.lock = threading.Lock()
         self.stopping = threading.Event()
         self.worker = threading.Thread(target=self._run, name="batching-engine", daemon=True)
@@ -146,28 +151,87 @@ class BatchingEngine:
                 self.stats["largest_batch"] = max(self.stats["largest_batch"], len(batch))
                 self.stats["busy_seconds"] += time.perf_counter() - start
 
-    @torch.no_grad()
-    def _decode(self, batch: list[Request]) -> None:
+    def _prefill(self, requests: list[Request]):
+        """One forward pass over the (left-padded) prompts: the cache, last logits (b, V) and mask (b, T)."""
         tok = self.tokenizer
-        encoded = [tok(r.prompt).input_ids[-self.max_prompt_tokens:] for r in batch]
-        for request, ids in zip(batch, encoded):
+        encoded = [tok(r.prompt).input_ids[-self.max_prompt_tokens:] for r in requests]
+        for request, ids in zip(requests, encoded):
             request.prompt_tokens = len(ids)
         width = max(len(ids) for ids in encoded)
         pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-        input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for ids in encoded])        # (B, T) left-padded
-        mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in encoded])   # (B, T)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)                                        # (B, T)
+        input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for ids in encoded])        # (b, T) left-padded
+        mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in encoded])   # (b, T)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)                                        # (b, T)
         out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True)
-        cache, logits = out.cache, out.logits[:, -1]                                # (B, V)
-        rows = list(range(len(batch)))           # row i of the cache belongs to batch[rows[i]]
-        generated = [[] for _ in batch]
-        texts = ["" for _ in batch]
-        step = 0
-        while rows:
-            next_ids = self._pick(logits, [batch[i] for i in rows])                          # (b,)
+        return out.cache, out.logits[:, -1], mask
+
+    @staticmethod
+    def _join(cache, mask: torch.Tensor, new_cache, new_mask: torch.Tensor) -> torch.Tensor:
+        """Append ``new_cache``'s rows to ``cache`` in place, left-padding the shorter side with masked
+        zeros so both have the same length; returns the joined mask (b + b', T)."""
+        width = max(mask.shape[1], new_mask.shape[1])
+
+        def left_pad(x: torch.Tensor, dim: int) -> torch.Tensor:
+            missing = width - x.shape[dim]
+            if missing == 0:
+                return x
+            shape = list(x.shape)
+            shape[dim] = missing
+            return torch.cat([x.new_zeros(shape), x], dim=dim)
+
+        for layer, new_layer in zip(cache.layers, new_cache.layers):       # keys/values (b, h_kv, T, d_h)
+            layer.keys = torch.cat([left_pad(layer.keys, 2), left_pad(new_layer.keys, 2)], dim=0)
+            layer.values = torch.cat([left_pad(layer.values, 2), left_pad(new_layer.values, 2)], dim=0)
+        return torch.cat([left_pad(mask, 1), left_pad(new_mask, 1)], dim=0)                # (b + b', T)
+
+    def _waiting(self, room: int) -> list[Request]:
+        """Up to ``room`` queued requests, without waiting (continuous batching's newcomers)."""
+        newcomers = []
+        while len(newcomers) < room:
+            try:
+                item = self.queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is None:                                             # close(): finish this batch, then stop
+                self.stopping.set()
+                break
+            if item.cancelled.is_set():
+                self._release(item, "cancelled")
+            else:
+                newcomers.append(item)
+        return newcomers
+
+    @torch.no_grad()
+    def _decode(self, batch: list[Request]) -> None:
+        tok = self.tokenizer
+        cache, logits, mask = self._prefill(batch)
+        positions = mask.sum(-1) - 1                                     # (B,) position of each row's last token
+        active = list(batch)                     # row i of the cache belongs to active[i]
+        generated = {id(r): [] for r in batch}
+        texts = {id(r): "" for r in batch}
+        while active:
+            if self.continuous and len(active) < self.max_batch_size and not self.stopping.is_set():
+                newcomers = self._waiting(self.max_batch_size - len(active))
+                if newcomers:
+                    try:
+                        new_cache, new_logits, new_mask = self._prefill(newcomers)
+                    except Exception as error:                           # a bad newcomer must not stop the batch
+                        for request in newcomers:
+                            request.events.put(("error", f"{type(error).__name__}: {error}"))
+                            self._release(request, "error")
+                    else:
+                        mask = self._join(cache, mask, new_cache, new_mask)
+                        logits = torch.cat([logits, new_logits])                               # (b + b', V)
+                        positions = torch.cat([positions, new_mask.sum(-1) - 1])               # (b + b',)
+                        for request in newcomers:
+                            generated[id(request)], texts[id(request)] = [], ""
+                        active += newcomers
+                        with self.lock:
+                            self.stats["joined"] += len(newcomers)
+                            self.stats["largest_batch"] = max(self.stats["largest_batch"], len(active))
+            next_ids = self._pick(logits, active)                                               # (b,)
             keep, emitted = [], 0
-            for j, i in enumerate(rows):
-                request = batch[i]
+            for j, request in enumerate(active):
                 if request.cancelled.is_set():
                     self._release(request, "cancelled")
                     continue
@@ -175,14 +239,15 @@ class BatchingEngine:
                 if token == tok.eos_token_id:
                     self._release(request, "stop")
                     continue
-                generated[i].append(token)
+                tokens = generated[id(request)]
+                tokens.append(token)
                 request.completion_tokens += 1
                 emitted += 1
-                text = tok.decode(generated[i], skip_special_tokens=True)
-                if not text.endswith("\ufffd"):                          # wait for a whole UTF-8 character
-                    request.events.put(text[len(texts[i]):])
-                    texts[i] = text
-                if len(generated[i]) >= request.max_tokens:
+                text = tok.decode(tokens, skip_special_tokens=True)
+                if not text.endswith("\ufffd"):                         # wait for a whole UTF-8 character
+                    request.events.put(text[len(texts[id(request)]):])
+                    texts[id(request)] = text
+                if len(tokens) >= request.max_tokens:
                     self._release(request, "length")
                     continue
                 keep.append(j)
@@ -190,17 +255,16 @@ class BatchingEngine:
                 self.stats["tokens"] += emitted
             if not keep:
                 break
-            if len(keep) < len(rows):                                    # drop finished rows from the batch
+            if len(keep) < len(active):                                  # finished rows leave the batch
                 index = torch.tensor(keep)
                 cache.batch_select_indices(index)
                 mask, positions, next_ids = mask[index], positions[index], next_ids[index]
-                rows = [rows[j] for j in keep]
-            mask = torch.cat([mask, torch.ones(len(rows), 1, dtype=mask.dtype)], dim=1)        # (b, T + step + 1)
-            positions = positions[:, -1:] + 1                                                  # (b, 1)
-            out = self.model(input_ids=next_ids[:, None], attention_mask=mask, position_ids=positions,
+                active = [active[j] for j in keep]
+            mask = torch.cat([mask, torch.ones(len(active), 1, dtype=mask.dtype)], dim=1)      # (b, T + 1)
+            positions = positions + 1                                                          # (b,)
+            out = self.model(input_ids=next_ids[:, None], attention_mask=mask, position_ids=positions[:, None],
                              cache=cache, use_cache=True)
             cache, logits = out.cache, out.logits[:, -1]
-            step += 1
 
     @staticmethod
     def _pick(logits: torch.Tensor, requests: list[Request]) -> torch.Tensor:
@@ -440,4 +504,4 @@ def load_test(url: str, prompts: list[str], n_clients: int, max_tokens: int, tim
             "latency_p50": statistics.median(latencies),
             "latency_p95": latencies[min(len(latencies) - 1, round(0.95 * (len(latencies) - 1)))],
             "ttft_p50": statistics.median(r["ttft"] for r in results),
-            "largest_batch": stats_after["largest_batch"]}
+            "largest_batch": stats_after["largest_batch"], "joined": stats_after["joined"] - stats_before["joined"]}
