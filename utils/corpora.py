@@ -15,7 +15,8 @@ Shared code, never an exercise's answer (it stays visible while notebook 07 is g
   (used to grow the corpus for the approximate-search benchmark).
 * SQuAD's answer metrics, written out because ``evaluate`` needs the hub: :func:`normalize_answer`,
   :func:`exact_match_any`, :func:`f1_score`.
-* :data:`RAG_INSTRUCTION`, the instruction of 07's RAG prompt, and :func:`split_sentences`.
+* :data:`RAG_INSTRUCTION`, the instruction of 07's RAG prompt, :func:`split_sentences`, and
+  :func:`best_clauses`, which cuts retrieved chunks down to the clause that answers (``benchmarks/rag.py``).
 
 Everything is deterministic: the same package versions give the same documents and questions.
 """
@@ -256,6 +257,40 @@ def factbook_questions(kinds=QUESTION_KINDS, countries=None, split=None) -> list
     keep = None if countries is None else set(countries)
     return [dict(q) for q in _all_questions() if q["kind"] in kinds and (keep is None or q["code"] in keep)
             and (split is None or q["split"] == split)]
+
+
+def best_clauses(question: str, passages, n: int = 1) -> list[str]:
+    """Extractive compression of retrieved Factbook chunks: the ``n`` clauses that best match the
+    question, each with its chunk's title and its field's label, best first.
+
+    A chunk is ``"Title. Label: clause; clause. Label: ..."`` (:func:`make_chunks` puts the title
+    first). A clause scores the question's content words it shares with the title, the label and
+    itself (a plural "s" dropped, so "export partner" meets "Exports - partners"); ties go to the label with fewer words the question lacks ("Population" before
+    "Population growth rate"), then to a field's clause over free text (an introduction's sentence
+    that mentions "population"), then to the better-ranked passage, then to the earlier clause.
+
+    >>> chunk = "Albania, People and Society. Population: total: 2,551,837 (2025 est.); male: 1,229,151. Median age: total: 37.9 years."
+    >>> best_clauses("What is the population of Albania?", [chunk])
+    ['Albania, People and Society. Population: total: 2,551,837 (2025 est.).']
+    """
+    def stems(text):                                  # a plural "s" dropped: "partners" matches "partner"
+        return {w[:-1] if len(w) > 3 and w.endswith("s") else w for w in content_words(text)}
+
+    wanted = stems(question)
+    scored = []
+    for rank, passage in enumerate(passages):
+        title, dot, body = passage.partition(". ")
+        if not dot:                                   # no title: the whole passage is the body
+            title, body = "", passage
+        for position, sentence in enumerate(split_sentences(body)):
+            label, colon, rest = sentence.partition(": ")
+            clauses = [c.strip().rstrip(".") for c in rest.split(";")] if colon else [sentence.rstrip(".")]
+            extra = len(stems(label) - wanted) if colon else 0
+            for order, clause in enumerate(clauses):
+                text = f"{label}: {clause}" if colon else clause
+                shared = len(wanted & stems(f"{title} {text}"))
+                scored.append((-shared, extra, not colon, rank, position, order, f"{title}. {text}." if title else f"{text}."))
+    return [item[-1] for item in sorted(scored)[:n]]
 
 
 def relevant_chunks(question: dict, chunks: list[dict]) -> set[int]:
