@@ -186,3 +186,43 @@ def test_the_fingerprint_covers_references_packages_and_the_secret(tmp_path, mon
 
     monkeypatch.setattr(importlib.metadata, "distributions", lambda: [*real(), Fake()])
     assert classgrade.fingerprint("01_attention") != before
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("bwrap") is None, reason="needs root and bubblewrap")
+def test_nothing_of_one_students_run_is_visible_to_the_next(tmp_path):
+    """ann leaves files wherever a kernel can write, tries the places it must not (the venv, the course,
+    the assets, bob's submission) and starts a detached process; bob, graded next by the same worker,
+    looks for all of it. His only error must be the probe's own report of nothing seen."""
+    import subprocess
+    import sys
+
+    token = "leak-7f3a9c"
+    bob_notebook = tmp_path / "submitted" / "bob" / "01_attention" / "01_attention.ipynb"
+    site_packages = next(p for p in sys.path if p.endswith("site-packages"))
+    places = ["'.'", "os.path.expanduser('~')", "'/tmp'", "'/dev/shm'", repr(str(ROOT)), repr(site_packages),
+              repr(str(bob_notebook.parent))]
+    leave = (f"import os, subprocess\nfor place in [{', '.join(places)}]:\n"
+             f"    try:\n        open(os.path.join(place, '{token}'), 'w').write('ann was here')\n"
+             "    except OSError:\n        pass\n"
+             f"try:\n    open(os.path.join({site_packages!r}, 'usercustomize.py'), 'w').write('raise SystemExit')\n"
+             "except OSError:\n    pass\n"
+             f"try:\n    open({str(bob_notebook)!r}, 'w').write('{{}}')\nexcept OSError:\n    pass\n"
+             "subprocess.Popen(['sleep', '3133'], start_new_session=True)")
+    look = (f"import glob, os, subprocess\nfound = [p for place in [{', '.join(places)}]\n"
+            f"         for p in glob.glob(os.path.join(place, '{token}'))]\n"
+            f"found += glob.glob(os.path.join({site_packages!r}, 'usercustomize.py'))\n"
+            "found += [line for line in subprocess.run(['ps', '-eo', 'args'], capture_output=True, text=True).stdout.splitlines()\n"
+            "          if 'sleep 3133' in line]\n"
+            "raise RuntimeError(f'seen {found}')")
+    submitted = _class(tmp_path, {"ann": [leave], "bob": [look]})
+    summary = classgrade.grade_class(submitted, "01_attention", tmp_path / "out", workers=1,
+                                     limits=Limits(total_timeout=120), log=lambda line: None)
+    assert summary["statuses"] == {"graded": 2}
+    records = {s: json.loads((tmp_path / "out" / "students" / s / "01_attention.json").read_text()) for s in ("ann", "bob")}
+    assert records["ann"].get("cell_errors", []) == [], records["ann"]["cell_errors"]
+    assert [e["error"] for e in records["bob"].get("cell_errors", [])] == ["RuntimeError: seen []"], records["bob"]
+    # and nothing of ann's run outlives it on the grader's side
+    assert subprocess.run(["pgrep", "-f", "sleep 3133"], capture_output=True).returncode == 1
+    assert not (ROOT / token).exists() and not os.path.exists(os.path.join(site_packages, "usercustomize.py"))
+    assert not list(bob_notebook.parent.glob(token)) and not os.path.exists(f"/tmp/{token}")
+    assert json.loads(bob_notebook.read_text())["cells"]          # bob's notebook is still his
