@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 
@@ -193,9 +195,6 @@ def test_nothing_of_one_students_run_is_visible_to_the_next(tmp_path):
     """ann leaves files wherever a kernel can write, tries the places it must not (the venv, the course,
     the assets, bob's submission) and starts a detached process; bob, graded next by the same worker,
     looks for all of it. His only error must be the probe's own report of nothing seen."""
-    import subprocess
-    import sys
-
     token = "leak-7f3a9c"
     bob_notebook = tmp_path / "submitted" / "bob" / "01_attention" / "01_attention.ipynb"
     site_packages = next(p for p in sys.path if p.endswith("site-packages"))

@@ -265,9 +265,10 @@ def best_clauses(question: str, passages, n: int = 1) -> list[str]:
 
     A chunk is ``"Title. Label: clause; clause. Label: ..."`` (:func:`make_chunks` puts the title
     first). A clause scores the question's content words it shares with the title, the label and
-    itself (a plural "s" dropped, so "export partner" meets "Exports - partners"); ties go to the label with fewer words the question lacks ("Population" before
-    "Population growth rate"), then to a field's clause over free text (an introduction's sentence
-    that mentions "population"), then to the better-ranked passage, then to the earlier clause.
+    itself (a plural "s" dropped, so "export partner" meets "Exports - partners"); ties go to the
+    label with fewer words the question lacks ("Population" before "Population growth rate"), then
+    to a field's clause over free text (an introduction's sentence that mentions "population"),
+    then to the better-ranked passage, then to the earlier clause.
 
     >>> chunk = "Albania, People and Society. Population: total: 2,551,837 (2025 est.); male: 1,229,151. Median age: total: 37.9 years."
     >>> best_clauses("What is the population of Albania?", [chunk])
@@ -282,13 +283,14 @@ def best_clauses(question: str, passages, n: int = 1) -> list[str]:
         title, dot, body = passage.partition(". ")
         if not dot:                                   # no title: the whole passage is the body
             title, body = "", passage
+        in_title = stems(title)
         for position, sentence in enumerate(split_sentences(body)):
             label, colon, rest = sentence.partition(": ")
             clauses = [c.strip().rstrip(".") for c in rest.split(";")] if colon else [sentence.rstrip(".")]
             extra = len(stems(label) - wanted) if colon else 0
             for order, clause in enumerate(clauses):
                 text = f"{label}: {clause}" if colon else clause
-                shared = len(wanted & stems(f"{title} {text}"))
+                shared = len(wanted & (in_title | stems(text)))
                 scored.append((-shared, extra, not colon, rank, position, order, f"{title}. {text}." if title else f"{text}."))
     return [item[-1] for item in sorted(scored)[:n]]
 
