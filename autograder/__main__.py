@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def _limits(args) -> Limits:
     return Limits(cell_timeout=args.cell_timeout, total_timeout=args.timeout,
-                  memory_bytes=int(args.memory_gb * 1024**3))
+                  memory_bytes=int(args.memory_gb * 1024**3), warm=not args.cold)
 
 
 def cmd_grade(args) -> int:
@@ -151,6 +151,8 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--timeout", type=int, default=900, help="seconds for a whole notebook (default 900)")
         p.add_argument("--cell-timeout", type=int, default=300, help="seconds for one cell (default 300)")
         p.add_argument("--memory-gb", type=float, default=12, help="memory of the whole run (cgroup) and of each process, GiB (default 12)")
+        p.add_argument("--cold", action="store_true",
+                       help="start each run's executor and kernel from scratch, not forked with the imports done")
 
     grade = sub.add_parser("grade", help="grade submissions; writes DIR/<name>.json for each")
     grade.add_argument("paths", nargs="+", metavar="PATH")

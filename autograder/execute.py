@@ -208,8 +208,111 @@ class Recorder:
         send(self.fd, phase, read_untrusted(path, MAX_CAPTURE) or b"")
 
 
-def execute(payload: dict, fd: int, started: float) -> tuple[str, str, dict]:
-    """Run the notebook of ``payload``; returns ``(status, message, timing)`` for the ``end`` frame."""
+class PreforkedKernel:
+    """The learner's kernel in a warm run (:mod:`autograder.zygote`), forked from the zygote's child
+    *before* the executor exists, so that nothing of the hidden cases was ever in its memory. It
+    waits until :meth:`launch` gives it a connection file, then becomes an IPython kernel, as ``python
+    -m ipykernel_launcher -f FILE`` would, with torch and transformers already imported.
+
+    The process that forked it then execs the executor (a fresh address layout, not the kernel's),
+    which adopts it as its child: ``PreforkedKernel(pid, fd)``. For jupyter_client it is the kernel's
+    process (``poll``, ``wait``, ``send_signal``, ``kill``).
+    """
+
+    stdin = stdout = stderr = None
+
+    def __init__(self, pid: int, go_fd: int):
+        self.pid, self._go, self.returncode = pid, go_fd, None
+
+    @classmethod
+    def fork(cls, result_fd: int) -> "PreforkedKernel":
+        read_end, go = os.pipe()
+        pid = os.fork()
+        if pid:
+            os.close(read_end)
+            return cls(pid, go)
+        code = 1
+        try:
+            os.close(go)
+            null = os.open("/dev/null", os.O_RDONLY)
+            os.dup2(null, 0)      # not the payload's pipe
+            os.close(null)
+            os.close(result_fd)   # not the result pipe: the trusted side's EOF must not wait for the kernel
+            with os.fdopen(read_end, "rb") as handle:
+                order = handle.read(MAX_LEARNER)
+            if order:
+                cwd, connection_file = json.loads(order)
+                os.setsid()       # its own process group: an interrupt reaches the kernel and its children
+                os.chdir(cwd)
+                if sys.path and sys.path[0] == "/":   # the zygote's start folder, not the learner's
+                    sys.path[0] = cwd
+                sys.argv = [sys.argv[0], "-f", connection_file]
+                import numpy
+
+                numpy.random.seed()   # numpy's global state came from the zygote: fresh, as in a cold kernel
+                from ipykernel import kernelapp
+
+                kernelapp.launch_new_instance()
+            code = 0
+        finally:
+            os._exit(code)
+
+    def launch(self, connection_file: str, cwd: str) -> "PreforkedKernel":
+        os.write(self._go, json.dumps([cwd, connection_file]).encode())
+        os.close(self._go)
+        self._go = -1
+        return self
+
+    def poll(self):
+        if self.returncode is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self, timeout=None):
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.poll() is None:
+            if deadline is not None and time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired(str(self.pid), timeout)
+            time.sleep(0.02)
+        return self.returncode
+
+    def send_signal(self, signum: int) -> None:
+        if self.poll() is None:
+            os.kill(self.pid, signum)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+    def terminate(self) -> None:
+        self.send_signal(signal.SIGTERM)
+
+    def close(self) -> None:
+        """Never launched (the run failed first): let it exit."""
+        if self._go >= 0:
+            os.close(self._go)
+            self._go = -1
+
+
+def preforked_manager(kernel: PreforkedKernel):
+    """A jupyter_client kernel manager whose launch hands the connection file to ``kernel``."""
+    from jupyter_client.manager import AsyncKernelManager
+
+    class PreforkedKernelManager(AsyncKernelManager):
+        async def _async_launch_kernel(self, kernel_cmd, **kw):
+            provisioner = self.provisioner
+            provisioner.process = kernel.launch(self.connection_file, str(kw.get("cwd") or os.getcwd()))
+            provisioner.pid = provisioner.pgid = kernel.pid
+            provisioner.cwd = kw.get("cwd")
+            self._reconcile_connection_info(provisioner.connection_info)
+
+    return PreforkedKernelManager
+
+
+def execute(payload: dict, fd: int, started: float, kernel: PreforkedKernel | None = None) -> tuple[str, str, dict]:
+    """Run the notebook of ``payload``; returns ``(status, message, timing)`` for the ``end`` frame.
+    ``kernel``: the preforked kernel of a warm run (else papermill starts one)."""
     import nbformat
     import papermill
     from nbclient.exceptions import DeadKernelError
@@ -241,9 +344,10 @@ def execute(payload: dict, fd: int, started: float) -> tuple[str, str, dict]:
     _cap_outputs(int(payload["output_bytes"]))
     status, message = "completed", ""
     recorder.clock["kernel"] = time.monotonic()       # papermill starts the kernel, then the notebook
+    warm = {"kernel_manager_class": preforked_manager(kernel)} if kernel is not None else {}
     try:
         papermill.execute_notebook(
-            nb, None, kernel_name="python3", progress_bar=False, cwd=work, request_save_on_cell_execute=False,
+            nb, None, kernel_name="python3", progress_bar=False, cwd=work, request_save_on_cell_execute=False, **warm,
             execution_timeout=cell_timeout,
             timeout_func=lambda cell: max(cell_timeout, CAPTURE_TIMEOUT) if cell.get("id") in captures else cell_timeout,
             # Keep going past a failing cell so later exercises still earn their credit, and turn
@@ -270,21 +374,31 @@ def execute(payload: dict, fd: int, started: float) -> tuple[str, str, dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The executor. ``--kernel PID:FD`` (a warm run, :mod:`autograder.zygote`): the learner's kernel is
+    already forked and waits on FD; the executor says first that it started (the ``started`` frame)."""
     _not_dumpable()  # first: the payload below holds the hidden inputs
     started = time.monotonic()
     parser = argparse.ArgumentParser(description="the grader's executor (runs inside the sandbox)")
     parser.add_argument("--result-fd", type=int, required=True)
+    parser.add_argument("--kernel", metavar="PID:FD", help="a preforked kernel to adopt (warm runs)")
     args = parser.parse_args(argv)
     fd = args.result_fd
+    kernel = None
     try:
+        if args.kernel:
+            pid, go = (int(part) for part in args.kernel.split(":"))
+            kernel = PreforkedKernel(pid, go)
+            send(fd, "started", b"")
         payload = json.loads(sys.stdin.buffer.read())
         sys.stdin.close()
-        status, message, timing = execute(payload, fd, started)
+        status, message, timing = execute(payload, fd, started, kernel)
     except Exception as exc:  # noqa: BLE001
         import traceback
 
         traceback.print_exc()  # the grader keeps the last lines of stderr
         status, message, timing = "failed", f"{type(exc).__name__}: {str(exc)[:500]}", {}
+    if kernel is not None:
+        kernel.close()
     try:
         send(fd, "end", json.dumps({"status": status, "message": message, "timing": timing}).encode())
     except OSError:
@@ -313,6 +427,9 @@ def sandbox_env(cache: Path, threads: int | None = None) -> dict[str, str]:
     from .sandbox import ROOT, WORK
 
     threads_env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)} if threads else {}
+    # numpy's OpenBLAS starts its thread pool at import: one thread keeps the zygote forkable (torch,
+    # which does the notebooks' heavy lifting, starts its own pool later, in each run).
+    threads_env["OPENBLAS_NUM_THREADS"] = "1"
     return {**threads_env,
         "PATH": f"{Path(sys.executable).parent}:/usr/local/bin:/usr/bin:/bin",
         "HOME": WORK,
@@ -378,7 +495,41 @@ def _read_frames(fd: int, deadline: float, limit: int) -> tuple[dict[str, bytes]
 
 
 def run(nb, assignment, limits, parameters: dict | None = None, keep_executed: Path | None = None) -> Execution:
-    """Execute ``nb`` (already validated) in the sandbox with the grader's cells; never raises for its content."""
+    """Execute ``nb`` (already validated) in the sandbox with the grader's cells; never raises for its content.
+
+    With ``limits.warm`` and the complete sandbox, this process's :mod:`autograder.zygote` forks the
+    kernel, imports done, into the run's fresh sandbox; when that cannot start, the run starts cold,
+    and ``sandbox.notes`` says why.
+    """
+    from . import zygote
+    from .sandbox import isolation
+    from utils.assets import cache_dir
+
+    box = isolation()
+    why = ""
+    if limits.warm and box.complete:
+        begun = time.perf_counter()
+        warm = zygote.shared(sandbox_env(cache_dir(), limits.threads))
+        waited = time.perf_counter() - begun     # the zygote's imports, in the first run of a process
+        if warm is None:
+            why = "no warm start (the zygote could not start); this run started cold"
+        else:
+            result = _run(nb, assignment, limits, parameters, keep_executed, warm)
+            if result is not None:
+                if waited > 0.05:
+                    result.timing["zygote_start"] = round(waited, 2)
+                return result
+            why = "the warm start failed; this run started cold"
+    result = _run(nb, assignment, limits, parameters, keep_executed, None)
+    if why:
+        result.sandbox["notes"] = [*result.sandbox.get("notes", []), why]
+    return result
+
+
+def _run(nb, assignment, limits, parameters, keep_executed, warm) -> Execution | None:
+    """One run in a fresh sandbox: cold (bubblewrap starts the executor), or ``warm`` (a
+    :class:`~autograder.zygote.Zygote` forks it into the sandbox); ``None`` when a warm start failed
+    before the executor said it started (the caller then starts cold)."""
     import inspect
 
     import nbformat
@@ -419,7 +570,8 @@ def run(nb, assignment, limits, parameters: dict | None = None, keep_executed: P
                 os.close(w)
                 data_fds[path] = r
             argv = bwrap_argv(box, limits, tuple(assignment.references), cache, uid, data_fds)
-            argv += [*command, "--result-fd", str(write_end)]
+            if warm is None:
+                argv += [*command, "--result-fd", str(write_end)]
             cwd = "/"
         else:  # no sandbox at all (said in the record): a private temporary folder
             import tempfile
@@ -436,9 +588,16 @@ def run(nb, assignment, limits, parameters: dict | None = None, keep_executed: P
                 group.join()
             _rlimits(limits)
 
-        process = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                                   stderr=subprocess.PIPE, pass_fds=(write_end, *data_fds.values()),
-                                   preexec_fn=child_setup, start_new_session=True)
+        if warm is None:
+            process = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                       stderr=subprocess.PIPE, pass_fds=(write_end, *data_fds.values()),
+                                       preexec_fn=child_setup, start_new_session=True)
+            to_executor, from_executor = process.stdin, process.stderr
+        else:
+            process, to_executor, from_executor = _start_warm(warm, argv, env, limits, uid, group, data_fds,
+                                                              write_end, child_setup)
+            if process is None:
+                return None
         os.close(write_end)
         write_end = -1
         for fd in data_fds.values():
@@ -448,13 +607,13 @@ def run(nb, assignment, limits, parameters: dict | None = None, keep_executed: P
 
         def feed():
             try:
-                process.stdin.write(payload)
-                process.stdin.close()
+                to_executor.write(payload)
+                to_executor.close()
             except (BrokenPipeError, OSError):
                 pass
 
         def drain():  # keep the last few kB of the executor's stderr, for the grader's own errors
-            for line in iter(process.stderr.readline, b""):
+            for line in iter(from_executor.readline, b""):
                 stderr_tail.extend(line)
                 del stderr_tail[:-4096]
 
@@ -470,8 +629,13 @@ def run(nb, assignment, limits, parameters: dict | None = None, keep_executed: P
         process.wait()
         if group is not None:
             group.kill()
+        if warm is not None and "started" not in frames:
+            return None
         seconds = time.perf_counter() - start
         described = box.describe()
+        if warm is not None:
+            described["start"] = ("warm: the kernel forked, imports done, from an interpreter joined into this "
+                                  "run's fresh sandbox as its uid; the executor exec'd beside it (autograder/zygote.py)")
         if uid is not None:
             described["uid"] = uid
         if group is not None:
@@ -521,6 +685,50 @@ def run(nb, assignment, limits, parameters: dict | None = None, keep_executed: P
             import shutil
 
             shutil.rmtree(cwd, ignore_errors=True)
+
+
+def _start_warm(warm, argv, env, limits, uid, group, data_fds, result_fd, child_setup):
+    """Start the run's sandbox with a placeholder, then have ``warm`` (the zygote) fork the executor
+    into it. Returns ``(process, stdin writer, stderr reader)``, or ``(None, None, None)`` when the
+    warm start cannot go on (everything it started is stopped)."""
+    from . import zygote
+    from .sandbox import ROOT, WORK
+
+    ready_r, ready_w = os.pipe()
+    in_r, in_w = os.pipe()
+    err_r, err_w = os.pipe()
+    placeholder = ["/bin/sh", "-c", "echo ready && exec sleep infinity"]   # its stdout: the ready pipe
+    process, namespaces = None, []
+    try:
+        process = subprocess.Popen([*argv, *placeholder], cwd="/", env=env, stdin=subprocess.DEVNULL,
+                                   stdout=ready_w, stderr=err_w, pass_fds=tuple(data_fds.values()),
+                                   preexec_fn=child_setup, start_new_session=True)
+        os.close(ready_w)
+        ready_w = -1
+        ready, _, _ = select.select([ready_r], [], [], 30)
+        if not ready or not os.read(ready_r, 1):
+            raise OSError("the sandbox did not start")
+        namespaces = zygote.namespace_fds(zygote.sandbox_pid(process.pid))
+        request = {"uid": uid, "cgroup_procs": [str(path / "cgroup.procs") for path in group.paths],
+                   "rlimits": {"RLIMIT_AS": limits.memory_bytes, "RLIMIT_FSIZE": limits.file_bytes,
+                               "RLIMIT_CPU": limits.total_timeout * 2, "RLIMIT_CORE": 0},
+                   "work": WORK, "root": str(ROOT)}
+        warm.spawn(request, (in_r, err_w, result_fd), namespaces)
+    except OSError:
+        if process is not None:
+            try:
+                os.killpg(process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            process.wait()
+        for fd in (in_w, err_r):
+            os.close(fd)
+        return None, None, None
+    finally:
+        for fd in (ready_r, ready_w, in_r, err_w, *namespaces):
+            if fd >= 0:
+                os.close(fd)
+    return process, os.fdopen(in_w, "wb"), os.fdopen(err_r, "rb")
 
 
 def _json(data: bytes | None, limit: int) -> dict:

@@ -17,6 +17,9 @@ bubblewrap is installed (``apt-get install bubblewrap``; what Flatpak uses), eve
   memory limit covers every process of the run and its shared memory, not one process at a time;
 * resource limits per process: address space, file size, CPU seconds, no core files.
 
+Every run gets its own sandbox, cold or warm: a warm run's executor is forked, imports done, into
+the sandbox bubblewrap made for it (:mod:`autograder.zygote`) instead of being started by bubblewrap.
+
 Without root (a learner grading their own work), bubblewrap still gives the same file view and
 namespaces in a user namespace, with the learner's own uid and no cgroup. Without bubblewrap the
 run is not isolated at all; :func:`isolation` says so, ``grade`` prints it, and ``grade-class``
@@ -56,6 +59,7 @@ class Limits:
     cpus: float | None = None        # CPU quota in cores (None: as many as the machine has)
     output_bytes: int = 4 * MIB      # outputs kept in the executed notebook; the rest is dropped
     threads: int | None = None       # OpenMP/torch threads of the kernel (None: torch's default, one per core)
+    warm: bool = True                # fork the executor, imports done, into each fresh sandbox (autograder/zygote.py)
 
 
 def threads_per_run(workers: int) -> int:

@@ -5,7 +5,8 @@ and each release with FAST=True in the sandbox, two at a time, the releases on t
 exercise cells); baseline: the target, 300 s on 2 cores. Per
 notebook: the seconds of each run and the grader's breakdown (``record["timing"]``: starting the
 executor, starting the kernel, the notebook's first code cell (its imports), the other learner
-cells, the grader's cells, the sandbox and transfers, the trusted comparison).
+cells, the grader's cells, the sandbox and transfers, the trusted comparison, and in each worker's
+first run the zygote's imports: runs start warm, ``autograder/zygote.py``).
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import time
 from autograder import manifests
 from autograder.classgrade import course_jobs, grade_many
 
-CONFIG = {"fast": True, "target_seconds": 300, "notebooks": "all", "workers": 2}
+CONFIG = {"fast": True, "target_seconds": 300, "notebooks": "all", "workers": 2, "start": "warm (autograder/zygote.py)"}
 
 
 def run() -> dict:

@@ -6,8 +6,11 @@ students hand them in (``FAST = False``). Baseline: nbgrader 0.9.6's ``autograde
 course directory (``source/`` from ``solutions/``, ``generate_assignment``, then ``submitted/``),
 which executes each notebook as submitted, in the grader's own process tree, one after another,
 with no sandbox. Value: ``grade-class`` with 2 workers, bubblewrap, a fresh uid and a cgroup per
-run, FAST=True and hidden cases. Throughput is submissions per minute; target: ours >= 2x nbgrader's,
-and identical scores on the honest submissions.
+run, FAST=True and hidden cases, each run's executor forked with its imports done into its fresh
+sandbox (``autograder/zygote.py``). Throughput is submissions per minute; target: ours >= 2x
+nbgrader's, and identical scores on the honest submissions. For comparison, the same class graded
+by ``grade-class --cold`` (every executor and kernel started from scratch, importing torch and
+transformers itself) in the same run.
 """
 from __future__ import annotations
 
@@ -22,11 +25,13 @@ from pathlib import Path
 
 from autograder.classgrade import grade_class
 from autograder.release import venv_env
+from autograder.sandbox import Limits
 
 from .common import ROOT
 from .grading_class import _records, build
 
-CONFIG = {"submissions": 40, "workers": 2, "nbgrader": "0.9.6 autograde, Execute.timeout=600", "target_ratio": 2.0}
+CONFIG = {"submissions": 40, "workers": 2, "nbgrader": "0.9.6 autograde, Execute.timeout=600", "target_ratio": 2.0,
+          "start": "warm (autograder/zygote.py); cold measured beside it"}
 
 
 def _nbgrader_course(base: Path, submitted: Path) -> Path:
@@ -67,6 +72,12 @@ def run() -> dict:
         grade_class(base / "submitted", "01_attention", base / "ours", workers=CONFIG["workers"], log=lambda line: None)
         ours_seconds = time.perf_counter() - start
         ours = {student: record["score"] for student, record in _records(base / "ours").items()}
+        starts = sorted({str(record["sandbox"].get("start", "cold"))[:4] for record in _records(base / "ours").values()})
+        start = time.perf_counter()
+        grade_class(base / "submitted", "01_attention", base / "cold", workers=CONFIG["workers"],
+                    limits=Limits(warm=False), log=lambda line: None)
+        cold_seconds = time.perf_counter() - start
+        cold = {student: record["score"] for student, record in _records(base / "cold").items()}
     n = CONFIG["submissions"]
     ours_rate, theirs_rate = 60 * n / ours_seconds, 60 * n / theirs_seconds
     honest = sorted(s for s in ours if s.startswith("ref"))
@@ -76,6 +87,8 @@ def run() -> dict:
         "metric": "submissions graded per minute, grade-class (sandboxed, 2 workers)", "unit": "submissions/min",
         "value": ours_rate, "baseline": "nbgrader autograde (no sandbox, sequential)", "baseline_value": theirs_rate,
         "config": CONFIG, "ours_seconds": round(ours_seconds, 1), "nbgrader_seconds": round(theirs_seconds, 1),
+        "ours_starts": starts, "ours_cold_seconds": round(cold_seconds, 1),
+        "cold_throughput_ratio": round(theirs_seconds / cold_seconds, 2), "cold_scores_same": cold == ours,
         "nbgrader_exit": done.returncode, "scores_ours": ours, "scores_nbgrader": theirs,
         "identical_scores_on_honest": same_honest,
         "targets": {"grading_vs_nbgrader.throughput_ratio": {"value": round(ratio, 2), "target": CONFIG["target_ratio"],

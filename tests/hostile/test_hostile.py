@@ -129,6 +129,14 @@ def test_nothing_of_a_run_is_left_on_the_machine(graded):
     assert memory["memory_peak_bytes"] <= catalogue.LIMITS.memory_bytes, memory
 
 
+def test_the_catalogue_ran_warm(graded):
+    """The statuses above hold for warm starts (autograder/zygote.py), what grade-class uses: every
+    submission that ran did so forked into its own sandbox, none fell back to a cold start."""
+    ran = {s: r["sandbox"] for s, r in graded["records"].items() if r["status"] != "invalid" and "sandbox" in r}
+    assert len(ran) >= 20
+    assert [s for s, box in ran.items() if "start" not in box] == [], ran
+
+
 def test_feedback_is_small_and_never_shows_hidden_cases_or_inputs(graded):
     os.environ["AUTOGRADER_SECRET"] = SECRET
     try:
