@@ -10,7 +10,9 @@ scores in nbgrader's gradebook (``--gradebook``, default ``DIR/gradebook.db``) s
 * It refuses to start without the isolation of :mod:`autograder.sandbox` (bubblewrap, root, a
   cgroup) unless the instructor passes ``--insecure``, and with the public default
   ``AUTOGRADER_SECRET`` (students could compute the hidden cases).
-* Each submission is graded in its own sandbox; one bad submission only gets a bad record. A
+* Each submission is graded in its own sandbox, started warm: each worker's zygote
+  (:mod:`autograder.zygote`) has done the imports once and forks them into every fresh sandbox
+  (``--cold`` turns this off). One bad submission only gets a bad record. A
   grader failure (a worker that died) becomes a ``crashed`` record too. Links are never followed:
   a student folder, assignment folder or notebook that is a link is not graded.
 * Resume: a submission whose notebook bytes and grader fingerprint (the grader's code, the
