@@ -193,8 +193,9 @@ def test_the_fingerprint_covers_references_packages_and_the_secret(tmp_path, mon
 @pytest.mark.skipif(os.geteuid() != 0 or shutil.which("bwrap") is None, reason="needs root and bubblewrap")
 def test_nothing_of_one_students_run_is_visible_to_the_next(tmp_path):
     """ann leaves files wherever a kernel can write, tries the places it must not (the venv, the course,
-    the assets, bob's submission) and starts a detached process; bob, graded next by the same worker,
-    looks for all of it. His only error must be the probe's own report of nothing seen."""
+    the assets, bob's submission), marks the torch module her kernel was forked with, and starts a
+    detached process; bob, graded next by the same worker (so forked from the same zygote), looks for
+    all of it. His only error must be the probe's own report of nothing seen."""
     token = "leak-7f3a9c"
     bob_notebook = tmp_path / "submitted" / "bob" / "01_attention" / "01_attention.ipynb"
     site_packages = next(p for p in sys.path if p.endswith("site-packages"))
@@ -206,18 +207,21 @@ def test_nothing_of_one_students_run_is_visible_to_the_next(tmp_path):
              f"try:\n    open(os.path.join({site_packages!r}, 'usercustomize.py'), 'w').write('raise SystemExit')\n"
              "except OSError:\n    pass\n"
              f"try:\n    open({str(bob_notebook)!r}, 'w').write('{{}}')\nexcept OSError:\n    pass\n"
-             "subprocess.Popen(['sleep', '3133'], start_new_session=True)")
+             "subprocess.Popen(['sleep', '3133'], start_new_session=True)\n"
+             f"import torch\ntorch.ann_was_here = '{token}'")
     look = (f"import glob, os, subprocess\nfound = [p for place in [{', '.join(places)}]\n"
             f"         for p in glob.glob(os.path.join(place, '{token}'))]\n"
             f"found += glob.glob(os.path.join({site_packages!r}, 'usercustomize.py'))\n"
             "found += [line for line in subprocess.run(['ps', '-eo', 'args'], capture_output=True, text=True).stdout.splitlines()\n"
             "          if 'sleep 3133' in line]\n"
+            "import torch\nfound += [torch.ann_was_here] if hasattr(torch, 'ann_was_here') else []\n"
             "raise RuntimeError(f'seen {found}')")
     submitted = _class(tmp_path, {"ann": [leave], "bob": [look]})
     summary = classgrade.grade_class(submitted, "01_attention", tmp_path / "out", workers=1,
                                      limits=Limits(total_timeout=120), log=lambda line: None)
     assert summary["statuses"] == {"graded": 2}
     records = {s: json.loads((tmp_path / "out" / "students" / s / "01_attention.json").read_text()) for s in ("ann", "bob")}
+    assert all("start" in record["sandbox"] for record in records.values())   # both warm, one zygote
     assert records["ann"].get("cell_errors", []) == [], records["ann"]["cell_errors"]
     assert [e["error"] for e in records["bob"].get("cell_errors", [])] == ["RuntimeError: seen []"], records["bob"]
     # and nothing of ann's run outlives it on the grader's side
