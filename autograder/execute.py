@@ -509,16 +509,18 @@ def run(nb, assignment, limits, parameters: dict | None = None, keep_executed: P
     why = ""
     if limits.warm and box.complete:
         begun = time.perf_counter()
-        warm = zygote.shared(sandbox_env(cache_dir(), limits.threads))
+        env = sandbox_env(cache_dir(), limits.threads)
+        warm = zygote.shared(env)
         waited = time.perf_counter() - begun     # the zygote's imports, in the first run of a process
         if warm is None:
-            why = "no warm start (the zygote could not start); this run started cold"
+            why = f"no warm start ({zygote.why_not(env)}); this run started cold"
         else:
             result = _run(nb, assignment, limits, parameters, keep_executed, warm)
             if result is not None:
                 if waited > 0.05:
                     result.timing["zygote_start"] = round(waited, 2)
                 return result
+            warm.give_up("a warm start failed in this grading process")   # cold from now on, without waiting
             why = "the warm start failed; this run started cold"
     result = _run(nb, assignment, limits, parameters, keep_executed, None)
     if why:

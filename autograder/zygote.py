@@ -227,6 +227,11 @@ class Zygote:
             raise OSError("the zygote is not running")
         socket.send_fds(self.control, [json.dumps(request).encode()], [*pipes, *namespaces])
 
+    def give_up(self, why: str) -> None:
+        """Stop warm starts in this process (the next runs start cold at once, without retrying)."""
+        self.error = why
+        self.close()
+
     def close(self) -> None:
         if self.control is not None:
             self.control.close()
@@ -264,6 +269,12 @@ def shared(env: dict[str, str]) -> Zygote | None:
     return zygote
 
 
+def why_not(env: dict[str, str]) -> str:
+    """Why :func:`shared` gave no zygote for ``env``."""
+    zygote = _shared.get(tuple(sorted(env.items())))
+    return (zygote.error if zygote is not None else "") or "the zygote could not start"
+
+
 def namespace_fds(pid: int) -> list[int]:
     """Descriptors of ``pid``'s namespaces, in :data:`NAMESPACES` order; each must differ from this
     process's own (joining the host's namespaces by mistake would be no sandbox at all)."""
@@ -281,16 +292,34 @@ def namespace_fds(pid: int) -> list[int]:
     return fds
 
 
+def _children(pid: int) -> list[str]:
+    """Child processes of ``pid``: from ``/proc/PID/task/PID/children``, or (a kernel without it) a scan of /proc."""
+    try:
+        return Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return _scan_children(pid)
+
+
+def _scan_children(pid: int) -> list[str]:
+    found = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                stat = Path(f"/proc/{entry.name}/stat").read_text()
+            except OSError:
+                continue
+            if stat.rsplit(")", 1)[-1].split()[1] == str(pid):   # the field after the state: the parent
+                found.append(entry.name)
+    return found
+
+
 def sandbox_pid(bwrap_pid: int, timeout: float = 5.0) -> int:
     """The placeholder command of a bubblewrap sandbox (bwrap -> its init -> the command), as the host sees it."""
     deadline = time.monotonic() + timeout
     pid = bwrap_pid
     for _ in range(2):
         while True:
-            try:
-                children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-            except OSError:
-                children = []
+            children = _children(pid)
             if children:
                 pid = int(children[0])
                 break
