@@ -453,12 +453,17 @@ def sandbox_env(cache: Path, threads: int | None = None) -> dict[str, str]:
     }
 
 
+def rlimit_values(limits) -> dict[str, int]:
+    """The per-process limits of a run: address space, file size, CPU seconds, no core files."""
+    return {"RLIMIT_AS": limits.memory_bytes, "RLIMIT_FSIZE": limits.file_bytes,
+            "RLIMIT_CPU": limits.total_timeout * 2, "RLIMIT_CORE": 0}
+
+
 def _rlimits(limits) -> None:
     """Per-process limits, set in the child before exec (they survive bubblewrap and setpriv)."""
     import resource
 
-    for name, value in (("RLIMIT_AS", limits.memory_bytes), ("RLIMIT_FSIZE", limits.file_bytes),
-                        ("RLIMIT_CPU", limits.total_timeout * 2), ("RLIMIT_CORE", 0)):
+    for name, value in rlimit_values(limits).items():
         try:
             resource.setrlimit(getattr(resource, name), (value, value))
         except (ValueError, OSError):
@@ -513,7 +518,7 @@ def run(nb, assignment, limits, parameters: dict | None = None, keep_executed: P
         warm = zygote.shared(env)
         waited = time.perf_counter() - begun     # the zygote's imports, in the first run of a process
         if warm is None:
-            why = f"no warm start ({zygote.why_not(env)}); this run started cold"
+            why = f"no warm start ({zygote.why_not()}); this run started cold"
         else:
             result = _run(nb, assignment, limits, parameters, keep_executed, warm)
             if result is not None:
@@ -712,8 +717,7 @@ def _start_warm(warm, argv, env, limits, uid, group, data_fds, result_fd, child_
             raise OSError("the sandbox did not start")
         namespaces = zygote.namespace_fds(zygote.sandbox_pid(process.pid))
         request = {"uid": uid, "cgroup_procs": [str(path / "cgroup.procs") for path in group.paths],
-                   "rlimits": {"RLIMIT_AS": limits.memory_bytes, "RLIMIT_FSIZE": limits.file_bytes,
-                               "RLIMIT_CPU": limits.total_timeout * 2, "RLIMIT_CORE": 0},
+                   "rlimits": rlimit_values(limits),
                    "work": WORK, "root": str(ROOT)}
         warm.spawn(request, (in_r, err_w, result_fd), namespaces)
     except OSError:

@@ -245,34 +245,31 @@ class Zygote:
             self.process = None
 
 
-_shared: dict[tuple, Zygote] = {}
+_current: Zygote | None = None   # this process's zygote (one environment at a time)
 
 
 def shared(env: dict[str, str]) -> Zygote | None:
     """This process's zygote for ``env`` (started on first use), or ``None`` when it cannot serve."""
-    key = tuple(sorted(env.items()))
-    zygote = _shared.get(key)
-    if zygote is not None and zygote.process is not None and zygote.process.poll() is None:
-        return zygote
-    if zygote is not None and zygote.error:
-        return None  # tried once in this process and failed: cold starts from now on
-    for other in _shared.values():
-        other.close()
-    _shared.clear()
-    zygote = Zygote(env)
-    _shared[key] = zygote
-    if not zygote.start():
+    global _current
+    if _current is not None and _current.env == env:
+        if _current.error:
+            return None  # tried once in this process and failed: cold starts from now on
+        if _current.process is not None and _current.process.poll() is None:
+            return _current
+    if _current is not None:
+        _current.close()
+    _current = Zygote(env)
+    if not _current.start():
         return None
     import atexit
 
-    atexit.register(zygote.close)
-    return zygote
+    atexit.register(_current.close)
+    return _current
 
 
-def why_not(env: dict[str, str]) -> str:
-    """Why :func:`shared` gave no zygote for ``env``."""
-    zygote = _shared.get(tuple(sorted(env.items())))
-    return (zygote.error if zygote is not None else "") or "the zygote could not start"
+def why_not() -> str:
+    """Why :func:`shared` gave no zygote."""
+    return (_current.error if _current is not None else "") or "the zygote could not start"
 
 
 def namespace_fds(pid: int) -> list[int]:

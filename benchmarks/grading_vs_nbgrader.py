@@ -71,8 +71,9 @@ def run() -> dict:
         start = time.perf_counter()
         grade_class(base / "submitted", "01_attention", base / "ours", workers=CONFIG["workers"], log=lambda line: None)
         ours_seconds = time.perf_counter() - start
-        ours = {student: record["score"] for student, record in _records(base / "ours").items()}
-        starts = sorted({str(record["sandbox"].get("start", "cold"))[:4] for record in _records(base / "ours").values()})
+        records = _records(base / "ours")
+        ours = {student: record["score"] for student, record in records.items()}
+        starts = sorted({str(record["sandbox"].get("start", "cold"))[:4] for record in records.values()})
         start = time.perf_counter()
         grade_class(base / "submitted", "01_attention", base / "cold", workers=CONFIG["workers"],
                     limits=Limits(warm=False), log=lambda line: None)

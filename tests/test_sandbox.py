@@ -173,7 +173,7 @@ def test_a_failed_warm_start_falls_back_to_a_cold_run_and_says_so(tmp_path, monk
     def refuse(*args, **kwargs):
         raise OSError("no fork for you")
 
-    monkeypatch.setattr(zygote, "_shared", {})   # this test's zygotes, not the other tests'
+    monkeypatch.setattr(zygote, "_current", None)   # this test's zygote, not the other tests'
     monkeypatch.setattr(zygote.Zygote, "spawn", refuse)
     record = grade_notebook(path, limits=Limits(total_timeout=120))
     assert record["status"] == "graded" and "start" not in record["sandbox"]
